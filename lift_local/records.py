@@ -21,6 +21,8 @@ import jsonlines
 
 META_KEY = "lift"  # where lift-local keeps its own metadata (provenance, scores) in written records
 CORE_FIELDS = ("instruction", "input", "output")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _USER_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
 
@@ -114,6 +116,7 @@ class atomic_path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
+        os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output should be like any new file
         self.tmp = Path(name)
         return self.tmp
 
@@ -170,7 +173,7 @@ def _normalise(path: Path, where: str, index: int, item: Any) -> Record:
     if isinstance(meta, dict) and isinstance(item.get("id"), str):
         # A record lift-local wrote: keep its id and metadata as they are.
         record_id = item.pop("id")
-        fields = {name: _string_field(path, where, item, name, required=name != "input") for name in CORE_FIELDS}
+        fields = _core_fields(path, where, item)
         for name in CORE_FIELDS:
             item.pop(name, None)
         return Record(**fields, id=record_id, meta=meta, extra=item)
@@ -179,7 +182,7 @@ def _normalise(path: Path, where: str, index: int, item: Any) -> Record:
     elif "messages" in item:
         fields, extra = _from_turns(path, where, item, "messages", "role", "content")
     else:
-        fields = {name: _string_field(path, where, item, name, required=name != "input") for name in CORE_FIELDS}
+        fields = _core_fields(path, where, item)
         extra = {key: value for key, value in item.items() if key not in CORE_FIELDS}
     if "id" in extra:
         extra["source_id"] = extra.pop("id")
@@ -187,17 +190,21 @@ def _normalise(path: Path, where: str, index: int, item: Any) -> Record:
     return Record(**fields, id=content_id(**fields), meta=provenance, extra=extra)
 
 
-def _string_field(path: Path, where: str, item: dict, name: str, *, required: bool) -> str:
-    value = item.get(name)
-    if value is None:
-        if required:
+def _core_fields(path: Path, where: str, item: dict) -> dict[str, str]:
+    """`input` may be absent; `output` must be present but may be empty (enhancement will write one)."""
+    fields = {}
+    for name in CORE_FIELDS:
+        value = item.get(name)
+        if value is None and name == "input":
+            value = ""
+        elif value is None:
             raise InputError(path, where, f"missing field '{name}'")
-        return ""
-    if not isinstance(value, str):
-        raise InputError(path, where, f"field '{name}' must be a string, got {_json_type(value)}")
-    if required and not value.strip():
-        raise InputError(path, where, f"field '{name}' is empty")
-    return value
+        elif not isinstance(value, str):
+            raise InputError(path, where, f"field '{name}' must be a string, got {_json_type(value)}")
+        fields[name] = value
+    if not fields["instruction"].strip():
+        raise InputError(path, where, "field 'instruction' is empty")
+    return fields
 
 
 def _from_turns(path: Path, where: str, item: dict, key: str, role_key: str, text_key: str):

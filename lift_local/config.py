@@ -1,0 +1,129 @@
+"""Run configuration: every phase's parameter object, set from a TOML file and `--set phase.key=value`.
+
+The TOML sections are the phase names, `[models]`, `[prompts]` and `[run]`; their keys are the fields of each phase's parameter
+dataclass, so the config and the Python API can never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .enhance import EnhanceParams
+from .expand import ExpandParams
+from .quality import QualityParams
+from .variety import VarietyParams
+from .workbench import ModelsConfig, PromptsConfig
+
+PHASES = ("enhance", "expand", "variety", "quality")
+PARAM_TYPES = {"enhance": EnhanceParams, "expand": ExpandParams, "variety": VarietyParams, "quality": QualityParams}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    params: dict[str, Any]  # phase name -> its parameter object
+    models: ModelsConfig = ModelsConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    skip: frozenset[str] = frozenset()
+
+    @property
+    def phases(self) -> list[str]:
+        return [phase for phase in PHASES if phase not in self.skip]
+
+
+class ConfigError(click.ClickException):
+    pass
+
+
+def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), skip: typing.Iterable[str] = ()) -> RunConfig:
+    """Defaults (the paper's), then the TOML file, then `section.key=value` overrides, in that order."""
+    where = str(path) if path else "--set"
+    sections: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            sections = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for override in overrides:
+        section, key, value = _split_override(override)
+        sections.setdefault(section, {})[key] = value
+    skipped = set(skip) | set(_pop(sections, "run", "skip", where, default=[]))
+    for name in skipped:
+        if name not in PHASES:
+            raise ConfigError(f"{where}: cannot skip unknown phase '{name}' (phases: {', '.join(PHASES)})")
+    for extra in set(sections) - set(PHASES) - {"models", "prompts", "run"}:
+        known = ", ".join((*PHASES, "models", "prompts", "run"))
+        raise ConfigError(f"{where}: unknown section [{extra}] (sections: {known})")
+    if sections.get("run"):
+        raise ConfigError(f"{where}: unknown key(s) in [run]: {', '.join(sections['run'])} (known: skip)")
+    params = {phase: _build(PARAM_TYPES[phase], sections.get(phase, {}), f"{where} [{phase}]") for phase in PHASES}
+    models = _build(ModelsConfig, sections.get("models", {}), f"{where} [models]")
+    prompts = _build(PromptsConfig, sections.get("prompts", {}), f"{where} [prompts]")
+    return RunConfig(params=params, models=models, prompts=prompts, skip=frozenset(skipped))
+
+
+def _split_override(text: str) -> tuple[str, str, Any]:
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. quality.top=500")
+    try:  # a TOML value (number, boolean, quoted string, list); anything else is taken as a bare string
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def _pop(sections: dict, section: str, key: str, where: str, default: Any) -> Any:
+    value = sections.get(section, {}).pop(key, default)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: [{section}] {key} must be a list of phase names")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
+        if not _has_type(value, hints[key]):
+            raise ConfigError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "unset"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )

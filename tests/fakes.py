@@ -1,0 +1,93 @@
+"""Test doubles. `FakeChat` stands in for a real LLM in fast unit tests only; every phase also has a test
+against the real vLLM engine (marked `vllm`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lift_local.llm import Conversation, OnReply, Reply, Sampling
+
+
+@dataclasses.dataclass
+class FakeChatCall:
+    """One `chat` call as the fake received it."""
+
+    conversations: list[Conversation]
+    sampling: Sampling
+    json_schema: dict[str, Any] | None
+
+
+class FakeChat:
+    """A `ChatModel` that answers without a model: from `respond(conversation) -> text`, or from a list of
+    canned replies used in order across calls (an error when they run out).
+
+    `calls` records every call. `fail_after=k` raises `FakeChatInterrupted` after k replies have been
+    delivered through `on_reply` in one call, to simulate an interruption mid-batch. `finish_reason` is
+    given to every reply. Replies are delivered in reverse input order through `on_reply`, as a real engine
+    finishes them out of order, while the returned list stays in input order.
+    """
+
+    def __init__(
+        self,
+        respond: Callable[[Conversation], str] | Sequence[str],
+        *,
+        name: str = "fake-chat",
+        finish_reason: str = "stop",
+        fail_after: int | None = None,
+    ):
+        self.name = name
+        self.finish_reason = finish_reason
+        self.fail_after = fail_after
+        self.calls: list[FakeChatCall] = []
+        if callable(respond):
+            self._respond = respond
+            self._canned: list[str] | None = None
+        else:
+            self._respond = None
+            self._canned = list(respond)
+
+    @property
+    def conversations_sent(self) -> list[Conversation]:
+        """Every conversation any call received, in order."""
+        return [c for call in self.calls for c in call.conversations]
+
+    def _text(self, conversation: Conversation) -> str:
+        if self._respond is not None:
+            return self._respond(conversation)
+        if not self._canned:
+            raise AssertionError("FakeChat ran out of canned replies")
+        return self._canned.pop(0)
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        json_schema: dict[str, Any] | None = None,
+        on_reply: OnReply | None = None,
+    ) -> list[Reply]:
+        conversations = [list(c) for c in conversations]
+        self.calls.append(FakeChatCall(conversations, sampling, json_schema))
+        replies = [Reply(self._text(c), self.finish_reason) for c in conversations]
+        for delivered, index in enumerate(reversed(range(len(replies)))):
+            if self.fail_after is not None and delivered >= self.fail_after:
+                raise FakeChatInterrupted(f"FakeChat interrupted after {delivered} replies")
+            if on_reply is not None:
+                on_reply(index, replies[index])
+        return replies
+
+
+class FakeChatInterrupted(RuntimeError):
+    """Raised by `FakeChat(fail_after=k)`, standing in for Ctrl-C or a crash mid-batch."""
+
+
+def last_user_message(conversation: Conversation) -> str:
+    """Convenience for `respond` functions: the text of the conversation's last user turn."""
+    return next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+
+
+def json_reply(**fields: Any) -> str:
+    """Convenience for canned structured replies: `json_reply(score=4)` -> '{"score": 4}'."""
+    return json.dumps(fields)

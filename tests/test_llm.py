@@ -1,0 +1,260 @@
+"""CachedChat and the reply key with the fake model, and ServerChat against a stand-in HTTP server.
+
+The real backends are tested in test_llm_vllm.py and test_llm_server.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fakes import FakeChat, FakeChatInterrupted, last_user_message
+
+from lift_local.llm import PROMPT_TOO_LONG, CachedChat, Reply, Sampling, ServerChat, reply_key
+from lift_local.models import ModelError
+from lift_local.store import Store
+
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+
+
+def conversations(n: int, start: int = 0) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"question {i}"}] for i in range(start, start + n)]
+
+
+def echo(conversation) -> str:
+    return "answer to " + last_user_message(conversation)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "replies.sqlite", "replies")
+    yield store
+    store.close()
+
+
+def test_replies_come_back_in_input_order_and_each_is_reported_once(store):
+    delivered: dict[int, Reply] = {}
+
+    def on_reply(i: int, reply: Reply) -> None:
+        assert i not in delivered
+        delivered[i] = reply
+
+    replies = CachedChat(FakeChat(echo), store).chat(conversations(5), Sampling(), on_reply=on_reply)
+    assert [r.text for r in replies] == [f"answer to question {i}" for i in range(5)]
+    assert delivered == dict(enumerate(replies))
+
+
+def test_only_missing_conversations_are_sent_in_one_call(store):
+    CachedChat(FakeChat(echo), store).chat(conversations(3), Sampling())
+    fake = FakeChat(echo)
+    delivered = []
+    replies = CachedChat(fake, store).chat(
+        conversations(5), Sampling(), on_reply=lambda i, r: delivered.append(i)
+    )
+    assert len(fake.calls) == 1
+    assert fake.conversations_sent == conversations(2, start=3)
+    assert [r.text for r in replies] == [f"answer to question {i}" for i in range(5)]
+    assert sorted(delivered) == [0, 1, 2, 3, 4]  # cached replies are reported too
+
+
+def test_a_fully_cached_batch_does_not_call_the_model(store):
+    CachedChat(FakeChat(echo), store).chat(conversations(3), Sampling(), SCHEMA)
+    fake = FakeChat(echo)
+    CachedChat(fake, store).chat(conversations(3), Sampling(), SCHEMA)
+    assert fake.calls == []
+
+
+def test_identical_conversations_are_sent_once(store):
+    fake = FakeChat(echo)
+    batch = conversations(2) + conversations(2)
+    replies = CachedChat(fake, store).chat(batch, Sampling())
+    assert fake.conversations_sent == conversations(2)
+    assert [r.text for r in replies] == [f"answer to question {i}" for i in (0, 1, 0, 1)]
+
+
+def test_interrupted_batch_keeps_finished_replies_and_resumes_with_the_rest(store):
+    with pytest.raises(FakeChatInterrupted):
+        CachedChat(FakeChat(echo, fail_after=3), store, commit_seconds=3600).chat(conversations(8), Sampling())
+    assert len(store) == 3  # committed on the way out, although the commit interval had not passed
+    fake = FakeChat(echo)
+    replies = CachedChat(fake, store).chat(conversations(8), Sampling())
+    assert len(fake.conversations_sent) == 5
+    assert [r.text for r in replies] == [f"answer to question {i}" for i in range(8)]
+    assert len(store) == 8
+
+
+def test_replies_are_committed_while_the_batch_runs(store, tmp_path):
+    """With commit_seconds=0 every reply is on disk before the next one arrives, as another connection sees."""
+    reader = Store(tmp_path / "replies.sqlite", "replies")
+    seen_on_disk = []
+    fake = FakeChat(echo)
+    cached = CachedChat(fake, store, commit_seconds=0)
+    cached.chat(conversations(4), Sampling(), on_reply=lambda i, r: seen_on_disk.append(len(reader)))
+    reader.close()
+    assert seen_on_disk == [1, 2, 3, 4]
+
+
+def test_stored_reply_keeps_text_finish_reason_and_logprobs(store):
+    reply = Reply('{"score": 7}', "length", [{"7": -0.1, "8": -2.5}])
+    CachedChat(FakeChat(lambda c: reply.text, finish_reason="length"), store).chat(conversations(1), Sampling())
+    (value,) = store.get_many([reply_key("fake-chat", conversations(1)[0], Sampling(), None)]).values()
+    assert json.loads(value) == {"text": '{"score": 7}', "finish_reason": "length", "logprobs": None}
+    assert Reply.from_json(reply.to_json()) == reply
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_name": "other-model"},
+        {"sampling": Sampling(temperature=0.0)},
+        {"sampling": Sampling(seed=1)},
+        {"sampling": Sampling(max_tokens=16)},
+        {"sampling": Sampling(logprobs=5)},
+        {"json_schema": SCHEMA},
+        {"conversation": [{"role": "user", "content": "question 0 "}]},
+        {"conversation": [{"role": "system", "content": "x"}, {"role": "user", "content": "question 0"}]},
+    ],
+)
+def test_reply_key_changes_with_everything_that_determines_the_reply(change):
+    base = {"model_name": "m", "conversation": conversations(1)[0], "sampling": Sampling(), "json_schema": None}
+    assert reply_key(**{**base, **change}) != reply_key(**base)
+
+
+def test_reply_key_ignores_dict_order():
+    schema_reordered = {"required": ["score"], "properties": {"score": {"type": "integer"}}, "type": "object"}
+    conversation = conversations(1)[0]
+    assert reply_key("m", conversation, Sampling(), SCHEMA) == reply_key("m", conversation, Sampling(), schema_reordered)
+
+
+def test_a_changed_model_is_asked_again(store):
+    CachedChat(FakeChat(echo, name="model-a"), store).chat(conversations(2), Sampling())
+    other = FakeChat(lambda c: "from b", name="model-b")
+    replies = CachedChat(other, store).chat(conversations(2), Sampling())
+    assert len(other.conversations_sent) == 2
+    assert [r.text for r in replies] == ["from b", "from b"]
+
+
+def test_a_prompt_too_long_for_the_engine_is_not_cached(store):
+    """Whether a prompt fits depends on the engine's max_model_len, not on the request: ask again next time."""
+    CachedChat(FakeChat(lambda c: "", finish_reason=PROMPT_TOO_LONG), store).chat(conversations(2), Sampling())
+    assert len(store) == 0
+    fake = FakeChat(echo)
+    CachedChat(fake, store).chat(conversations(2), Sampling())
+    assert len(fake.conversations_sent) == 2
+
+
+def test_empty_batch(store):
+    fake = FakeChat(echo)
+    assert CachedChat(fake, store).chat([], Sampling()) == []
+    assert fake.calls == []
+
+
+def test_fake_canned_replies_follow_input_order():
+    fake = FakeChat(["first", "second"])
+    replies = fake.chat(conversations(2), Sampling(), SCHEMA)
+    assert [r.text for r in replies] == ["first", "second"]
+    assert fake.calls[0].json_schema == SCHEMA
+
+
+# --- ServerChat against a stand-in HTTP server (the real `vllm serve`: test_llm_server.py) ---------------
+
+
+class StandInServer(ThreadingHTTPServer):
+    """Speaks just enough of the OpenAI API: echoes the last user message, slowly, and answers the first
+    request for each message with 503 (and a short retry-after-ms) to exercise the client's retries."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), StandInHandler)
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.failed: set[str] = set()
+        self.requests: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class StandInHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def send(self, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.send(200, {"object": "list", "data": [{"id": "served", "object": "model", "created": 0, "owned_by": "x"}]})
+
+    def do_POST(self):
+        server: StandInServer = self.server
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content = request["messages"][-1]["content"]
+        with server.lock:
+            server.requests.append(request)
+            first_time = content not in server.failed
+            server.failed.add(content)
+            server.in_flight += 1
+            server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        time.sleep(0.05)
+        with server.lock:
+            server.in_flight -= 1
+        if first_time:
+            self.send(503, {"error": {"message": "busy"}}, {"retry-after-ms": "1"})
+            return
+        message = {"role": "assistant", "content": f"echo {content}"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+        self.send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": request["model"], "choices": [choice]})
+
+
+@pytest.fixture
+def stand_in():
+    server = StandInServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_server_chat_retries_bounds_concurrency_and_keeps_order(stand_in):
+    chat = ServerChat(stand_in.url, max_concurrency=3)
+    assert chat.name == "served"  # the server's only model
+    delivered = []
+    replies = chat.chat(conversations(9), Sampling(), SCHEMA, on_reply=lambda i, r: delivered.append(i))
+    assert [r.text for r in replies] == [f"echo question {i}" for i in range(9)]
+    assert sorted(delivered) == list(range(9))
+    assert len(stand_in.requests) == 18  # every request failed once and was retried
+    assert 1 < stand_in.max_in_flight <= 3  # requests overlap, up to the bound
+    sent = stand_in.requests[0]
+    assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["seed"]) == (0.7, 0.95, 1024, 0)
+
+
+def test_server_chat_ignores_openai_and_proxy_environment(stand_in, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-be-used")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    chat = ServerChat(stand_in.url, "served")
+    assert chat.chat(conversations(1), Sampling())[0].text == "echo question 0"
+    assert chat.client.api_key == "EMPTY"
+
+
+def test_unreachable_server_is_a_clear_error():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ModelError, match=f"cannot list the models served at http://127.0.0.1:{port}/v1"):
+        ServerChat(f"http://127.0.0.1:{port}/v1", max_retries=0)

@@ -1,0 +1,161 @@
+"""`lift-local run`: all phases, resume after an interruption, re-runs from the right phase, config errors.
+
+The rewriter and judge are fakes (`FakeChat`) so that what each run asks of them can be counted; the
+embedding model is the real one. `test_run_vllm.py` runs the same command on the real engine.
+"""
+
+import hashlib
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fakes import FakeChat, FakeChatInterrupted, json_reply, last_user_message
+from lift_local.cli import main
+from lift_local.prompts import load_prompt
+from lift_local.records import read_records
+
+REWRITE_SYSTEM = load_prompt("expand_code").system
+
+
+def rewriter_reply(conversation):
+    text = last_user_message(conversation)
+    if conversation[0]["content"] == REWRITE_SYSTEM:
+        return f"Harder task {hashlib.sha256(text.encode()).hexdigest()[:8]}: solve it in O(n) without recursion."
+    return f"A careful answer, {len(text)} characters after reading: {text[:60]}"
+
+
+def judge_reply(conversation):
+    """Scores that differ from record to record, derived from the text (deterministic)."""
+    h = int(hashlib.sha256(last_user_message(conversation).encode()).hexdigest(), 16)
+    return json_reply(clarity=h % 16, difficulty=h % 26, explanation=(h // 7) % 26, accuracy=(h // 11) % 36)
+
+
+@pytest.fixture
+def sample(real_sample):
+    return real_sample("code_alpaca_2k.json", list(range(200, 216)))  # 16 real Code Alpaca records
+
+
+@pytest.fixture
+def run(tmp_path, cli_models):
+    """Runs `lift-local run` on `sample` into tmp_path/run with fresh fakes; returns (result, fakes)."""
+
+    def invoke(sample, *args, judge=None):
+        cli_models["rewriter"] = FakeChat(rewriter_reply, name="fake-rewriter")
+        cli_models["judge"] = judge or FakeChat(judge_reply, name="fake-judge")
+        argv = ["run", str(sample), "--out", str(tmp_path / "run"), "--set", "expand.task='code'",
+                "--set", "expand.rounds=1", "--set", "variety.keep=0.5", "--set", "quality.top=6", *args]
+        result = CliRunner().invoke(main, argv)
+        return result, cli_models["rewriter"], cli_models["judge"]
+
+    return invoke
+
+
+def manifest(tmp_path):
+    return json.loads((tmp_path / "run" / "manifest.json").read_text())
+
+
+def test_full_run_writes_every_phase_manifest_report_and_exports(tmp_path, sample, run):
+    result, rewriter, judge = run(sample, "--format", "alpaca", "--format", "messages")
+    assert result.exit_code == 0, result.output
+    phases = manifest(tmp_path)["phases"]
+    assert [(name, p["records_in"], p["records_out"]) for name, p in phases.items()] == [
+        ("enhance", 16, 16), ("expand", 16, 32), ("variety", 32, 16), ("quality", 16, 6),
+    ]
+    assert all(p["seconds"] >= 0 and len(p["fingerprint"]) == 64 for p in phases.values())
+    assert phases["variety"]["stats"]["n_components"] >= 1
+    run_dir = tmp_path / "run"
+    curated = read_records(run_dir / "curated.jsonl")
+    assert len(curated) == 6 and all("quality" in r.meta for r in curated)
+    assert len(read_records(run_dir / phases["quality"]["baseline"])) == 6
+    assert len(read_records(run_dir / phases["variety"]["dropped"])) == 16
+    alpaca = json.loads((run_dir / "curated.alpaca.json").read_text())
+    assert [row["output"] for row in alpaca] == [r.output for r in curated]
+    messages = [json.loads(line) for line in (run_dir / "curated.messages.jsonl").read_text().splitlines()]
+    assert messages[0]["messages"][1] == {"role": "assistant", "content": curated[0].output}
+    assert (run_dir / "report.html").is_file()
+    assert f"Curated data: {run_dir / 'curated.jsonl'}" in result.output
+    # Each LLM phase asked for exactly what it needed: 16 answers, 16 rewrites + 16 answers, 16 verdicts.
+    assert len(rewriter.conversations_sent) == 48
+    assert len(judge.conversations_sent) == 16
+
+
+def test_interrupted_phase_resumes_without_recomputing_anything_finished(tmp_path, sample, run):
+    result, _, _ = run(sample, judge=FakeChat(judge_reply, name="fake-judge", fail_after=5))
+    assert isinstance(result.exception, FakeChatInterrupted)
+    assert "quality" not in manifest(tmp_path)["phases"]  # the phase did not finish...
+
+    result, rewriter, judge = run(sample)
+    assert result.exit_code == 0, result.output
+    assert rewriter.calls == []  # enhance and expand were finished: not run again
+    assert "[3/4] variety: unchanged" in result.output
+    assert len(judge.conversations_sent) == 16 - 5  # ...but its 5 stored verdicts were not asked again
+    assert manifest(tmp_path)["phases"]["quality"]["records_out"] == 6
+
+
+def test_unchanged_run_does_nothing_and_changed_parameter_reruns_from_its_phase(tmp_path, sample, run):
+    assert run(sample)[0].exit_code == 0
+    first = manifest(tmp_path)["phases"]
+
+    result, rewriter, judge = run(sample)
+    assert result.exit_code == 0
+    assert rewriter.calls == [] and judge.calls == []
+    assert manifest(tmp_path)["phases"] == first
+
+    result, rewriter, judge = run(sample, "--set", "variety.keep=0.75")
+    assert result.exit_code == 0, result.output
+    assert "[1/4] enhance: unchanged" in result.output and "[2/4] expand: unchanged" in result.output
+    assert "[3/4] variety: 32 → 24 records" in result.output
+    assert "[4/4] quality: 24 → 6 records" in result.output
+    assert rewriter.calls == []
+    assert len(judge.conversations_sent) == 24 - 16  # only the records the judge had not seen
+    after = manifest(tmp_path)["phases"]
+    assert after["enhance"] == first["enhance"] and after["expand"] == first["expand"]
+
+    result, rewriter, _ = run(sample, "--set", "variety.keep=0.75", "--set", "enhance.temperature=0.2")
+    assert "[1/4] enhance: 16 → 16 records" in result.output
+    assert len(rewriter.calls) > 0  # new sampling parameters: new replies
+
+
+def test_skipped_phases_and_limit(tmp_path, sample, run):
+    result, rewriter, judge = run(sample, "--skip", "enhance", "--skip", "expand", "--limit", "10", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    m = manifest(tmp_path)
+    assert m["input"]["records"] == 10 and m["input"]["limit"] == 10
+    assert m["phases"]["enhance"] == {"status": "skipped"} and m["phases"]["expand"] == {"status": "skipped"}
+    assert m["phases"]["variety"]["records_in"] == 10
+    assert rewriter.calls == []
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("[qualty]\ntop = 5\n", "unknown section [qualty]"),
+        ("[quality]\ntopp = 5\n", "[quality]: unknown key 'topp' (known: top,"),
+        ("[variety]\nvariance = 'half'\n", "[variety]: 'variance' must be a number, got 'half'"),
+        ("[variety]\nvariance = 1.5\n", "variance must be a number in (0, 1], got 1.5"),
+        ("[enhance]\nmax_tokens = 1.5\n", "[enhance]: 'max_tokens' must be an integer, got 1.5"),
+        ("[quality\ntop = 5\n", "not valid TOML"),
+        ("[run]\nskip = ['enhanse']\n", "cannot skip unknown phase 'enhanse'"),
+    ],
+)
+def test_config_errors_are_clear(tmp_path, sample, run, config, expected):
+    path = tmp_path / "lift.toml"
+    path.write_text(config)
+    result, rewriter, _ = run(sample, "--config", str(path))
+    assert result.exit_code == 1
+    assert f"Error: {path}" in result.output and expected in result.output
+    assert "Traceback" not in result.output
+    assert rewriter.calls == []
+
+
+def test_bad_task_on_the_command_line_is_clear(sample, run):
+    result, _, _ = run(sample, "--set", "expand.task=math")
+    assert result.exit_code == 1
+    assert "--set [expand]: 'task' must be one of 'nlu', 'code', got 'math'" in result.output
+
+
+def test_bad_set_override_is_clear(sample, run):
+    result, _, _ = run(sample, "--set", "quality-top=5")
+    assert result.exit_code == 1
+    assert "--set 'quality-top=5': expected SECTION.KEY=VALUE" in result.output
