@@ -6,13 +6,19 @@ Commands read and write files; the phases themselves work on lists of records.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
-from . import exports, pipeline
+from . import exports, models, pipeline
 from .config import PHASES, load_config
+from .enhance import EnhanceParams, enhance
+from .expand import ExpandParams, expand
+from .quality import QualityParams, quality
+from .records import InputError, atomic_path, read_records, write_records
 from .report import write_report
-from .workbench import Workbench
+from .variety import VarietyParams, variety
+from .workbench import ModelsConfig, PromptsConfig, Workbench
 
 # Nothing lift-local runs may reach a model hub: models come from PyPI packages or local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -118,17 +124,6 @@ def variety_command(in_path, out_path, variance, keep, dropped_path, embedder, d
 
 # --- enhance / expand / quality commands ---
 
-import contextlib  # noqa: E402  (each command section keeps its own imports)
-from pathlib import Path  # noqa: E402
-
-from . import llm  # noqa: E402
-from .enhance import EnhanceParams, enhance  # noqa: E402
-from .expand import ExpandParams, expand  # noqa: E402
-from .prompts import load_prompt  # noqa: E402
-from .quality import PROMPT_FIELDS, QualityParams, quality  # noqa: E402
-from .records import read_records, write_records  # noqa: E402
-from .store import Store  # noqa: E402
-
 
 def _llm_options(role: str, prompt: str, params: type):
     """Options every LLM command has: the model and where it runs, the reply cache, the prompt, sampling."""
@@ -191,14 +186,10 @@ def _llm_options(role: str, prompt: str, params: type):
     return decorate
 
 
-@contextlib.contextmanager
-def _chat_model(role: str, model: str | None, server: str | None, cache_dir: Path):
-    """The role's model behind the reply cache, which shows progress and makes a re-run resume."""
-    store = Store(cache_dir.expanduser() / "replies.sqlite", "replies")
-    try:
-        yield llm.CachedChat(llm.load_chat_model(role, model, server_url=server), store)
-    finally:
-        store.close()
+def _workbench(cache_dir: Path, prompt: str, prompt_path: Path | None, **models_config) -> Workbench:
+    """The models and prompt of a one-phase command, behind the same caches `lift-local run` uses."""
+    prompts = PromptsConfig(**{prompt: str(prompt_path)}) if prompt_path else PromptsConfig()
+    return Workbench(cache_dir, ModelsConfig(**models_config), prompts)
 
 
 def _params(cls: type, **values):
@@ -231,9 +222,9 @@ def enhance_command(
     """
     params = _params(EnhanceParams, temperature=temperature, max_tokens=max_tokens, seed=seed)
     records = read_records(in_path)
-    prompt = load_prompt(prompt_path or "enhance")
-    with _chat_model("rewriter", model, server, cache_dir) as rewriter:
-        result = enhance(records, rewriter, params, prompt)
+    with _workbench(cache_dir, "enhance", prompt_path, rewriter=model, server=server) as bench:
+        prompt = bench.prompt("enhance")  # a bad template fails before any model loads
+        result = enhance(records, bench.rewriter(), params, prompt)
     write_records(out_path, result.records)
     unchanged = result.stats["unchanged"]
     click.echo(f"enhanced {result.stats['ok']} of {len(records)} records → {out_path}")
@@ -281,10 +272,11 @@ def expand_command(
         ExpandParams, rounds=rounds, task=task, temperature=temperature, max_tokens=max_tokens, seed=seed
     )
     records = read_records(in_path)
-    rewrite = load_prompt(prompt_path or f"expand_{task}")
-    answer = load_prompt(answer_prompt or "enhance")
-    with _chat_model("rewriter", model, server, cache_dir) as rewriter:
-        result = expand(records, rewriter, params, rewrite, answer)
+    prompts = PromptsConfig(**{f"expand_{task}": str(prompt_path or f"expand_{task}"),
+                               "enhance": str(answer_prompt or "enhance")})
+    with Workbench(cache_dir, ModelsConfig(rewriter=model, server=server), prompts) as bench:
+        rewrite, answer = bench.phase_prompts("expand", params)  # a bad template fails before any model loads
+        result = expand(records, bench.rewriter(), params, rewrite, answer)
     write_records(out_path, result.records)
     click.echo(f"{len(records)} records + {result.stats['new']} new = {len(result.records)} → {out_path}")
     for r in result.rounds:
@@ -368,9 +360,9 @@ def quality_command(
         max_tokens=max_tokens, seed=seed,
     )
     records = read_records(in_path)
-    prompt = load_prompt(prompt_path or "judge", requires=PROMPT_FIELDS)
-    with _chat_model("judge", model, server, cache_dir) as judge:
-        result = quality(records, judge, params, prompt)
+    with _workbench(cache_dir, "judge", prompt_path, judge=model, server=server) as bench:
+        prompt = bench.prompt("judge")  # a bad template fails before any model loads
+        result = quality(records, bench.judge(), params, prompt)
     if scores is not None:
         write_records(scores, result.scored)
     for line in result.report():
@@ -390,8 +382,6 @@ def quality_command(
 
 
 # --- models command ---
-
-from . import models  # noqa: E402
 
 
 @main.group("models", invoke_without_command=True)
@@ -458,11 +448,8 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
     """
     config = load_config(Path(config_path) if config_path else None, overrides, skip)
     out_dir = Path(out_dir)
-    bench = Workbench(Path(cache_dir) if cache_dir else out_dir / "cache", config.models, config.prompts)
-    try:
+    with Workbench(Path(cache_dir) if cache_dir else out_dir / "cache", config.models, config.prompts) as bench:
         manifest = pipeline.run(Path(in_path), out_dir, config, bench, limit=limit, seed=seed, formats=formats)
-    finally:
-        bench.close()
     report_path = write_report(out_dir)
     exported = "".join(f"\n  as {fmt}:   {out_dir / name}" for fmt, name in manifest["exports"].items())
     click.echo(f"\nCurated data: {out_dir / manifest['curated']}{exported}\nReport:       {report_path}")

@@ -130,13 +130,18 @@ class VLLMChat:
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import StructuredOutputsParams
 
+        from vllm.platforms import current_platform
+
         if not conversations:
             return []
         params = SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
+            # vLLM on CPU kills its engine ("CPU Generator does not use offset") when a request with its
+            # own seed has a token discarded after a chunked prefill, as happens in large batches. There
+            # the engine's seed serves instead; the reply cache keeps re-runs reproducible either way.
+            seed=None if current_platform.is_cpu() else sampling.seed,
             logprobs=sampling.logprobs or None,
             structured_outputs=StructuredOutputsParams(json=json_schema) if json_schema is not None else None,
         )
@@ -324,6 +329,10 @@ class CachedChat:
         self.label = label
         self.commit_seconds = commit_seconds
         self.name = model.name
+
+    def labelled(self, label: str) -> CachedChat:
+        """The same model and cache, with another progress-bar label."""
+        return CachedChat(self.model, self.store, label, self.commit_seconds)
 
     def chat(
         self,

@@ -18,7 +18,7 @@ def chat(
 ) -> list[Reply]:
     """One batched call; `CachedChat` names its progress bar `label`, e.g. "expand round 2: answers"."""
     if isinstance(model, CachedChat):
-        model = CachedChat(model.model, model.store, label=label, commit_seconds=model.commit_seconds)
+        model = model.labelled(label)
     return model.chat(conversations, sampling, json_schema)
 
 

@@ -92,6 +92,8 @@ def run(
                "limit": limit, "seed": seed},
         models=bench.identities(),
     )
+    # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
+    decided_by = {phase: bench.fingerprint_inputs(phase, config.params[phase]) for phase in config.phases}
     upstream = _digest(manifest["input"])
     old_phases = manifest.get("phases", {})
     manifest["phases"] = {}
@@ -104,7 +106,7 @@ def run(
             continue
         params = config.params[phase]
         fingerprint = _digest({"phase": phase, "params": dataclasses.asdict(params), "upstream": upstream,
-                               **bench.fingerprint_inputs(phase, params)})
+                               **decided_by[phase]})
         entry = old_phases.get(phase, {})
         if entry.get("fingerprint") == fingerprint and _outputs_intact(out_dir, entry):
             manifest["phases"][phase] = entry

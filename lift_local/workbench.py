@@ -95,6 +95,12 @@ class Workbench:
                    for p in self.phase_prompts(phase, params)}
         return {"model": self._identity(role), "prompts": prompts}
 
+    def __enter__(self) -> Workbench:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def close(self) -> None:
         for store in self._stores.values():
             store.close()

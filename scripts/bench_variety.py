@@ -1,18 +1,24 @@
 """Benchmark of the variety phase; prints a Markdown report (docs/bench_variety.md holds the last one).
 
 1. Embedding throughput: lift-local's cached `Embedder` (empty cache) against a bare
-   `SentenceTransformer.encode` call on the same texts with the same batch size, in alternating order,
-   both with the model already loaded. The ratio of the two is the number that matters.
+   `SentenceTransformer.encode` call on the same texts with the same batch size and the same loaded model,
+   in pairs that alternate which side goes first. The ratio within each pair is the number that matters:
+   the two runs of a pair are seconds apart, so a change in machine load hits both alike.
 2. Selection (`variety.select`) on synthetic 384-dimensional embeddings of growing size, each size in a
-   fresh process so that its peak RSS is its own. Times are given relative to the smallest size.
+   fresh process so that its peak RSS is its own. Times are also given relative to the smallest size.
 
-    .venv/bin/python scripts/bench_variety.py [--records 1000] [--repeats 3] [--sizes 100000,200000,400000,1000000]
+Wall and CPU time are both reported: on a shared machine CPU time is the steadier of the two.
+`--threads 1` makes CPU time steadier still (no threads waiting for each other).
+
+    .venv/bin/python scripts/bench_variety.py [--records 300] [--pairs 8] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -21,9 +27,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 DATA = Path("/work/shared/data")
 DIMENSION = 384
+
+
+def timed(function, *args) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call; CPU time is the whole process's, all threads."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def embedding_texts(count: int) -> list[str]:
@@ -35,7 +49,7 @@ def embedding_texts(count: int) -> list[str]:
     return [embedding_text(record) for record in records]
 
 
-def bench_embedding(texts: list[str], batch_size: int, repeats: int) -> str:
+def bench_embedding(texts: list[str], batch_size: int, pairs: int) -> str:
     from lift_local import models
     from lift_local.embed import Embedder
     from lift_local.store import Store
@@ -43,7 +57,7 @@ def bench_embedding(texts: list[str], batch_size: int, repeats: int) -> str:
     folder = models.ensure_present(models.resolve("embedder"))
     with tempfile.TemporaryDirectory() as tmp:
         embedder = Embedder(folder, batch_size=batch_size)
-        model = embedder.model  # load once, outside every timing; both sides share the same model object
+        model = embedder.model  # loaded once, outside every timing; both sides use this model object
         model.encode(texts, batch_size=batch_size)  # warm-up: torch prepares kernels per input shape once
 
         def bare(run: int) -> None:
@@ -54,38 +68,29 @@ def bench_embedding(texts: list[str], batch_size: int, repeats: int) -> str:
             embedder.embed(texts)
 
         times: dict[str, list[tuple[float, float]]] = {"bare": [], "lift": []}
-        for run in range(repeats):  # alternate which side goes first: load drift hits both sides alike
+        for run in range(pairs):
             for side in ("bare", "lift") if run % 2 == 0 else ("lift", "bare"):
                 times[side].append(timed(bare if side == "bare" else lift, run))
-        cached = timed(embedder.embed, texts)  # the last store is full: a re-run
+        cached = timed(embedder.embed, texts)[0]  # the last store holds every text: a re-run
 
-    rows = [
-        "| | median texts/s (wall) | median texts/s (CPU) | each run, wall / CPU seconds |",
-        "|---|---:|---:|---|",
-    ]
-    rate = {}
+    n = len(texts)
+    rows = ["| | median texts/s, wall | median texts/s, CPU |", "|---|---:|---:|"]
     for side, label in (("bare", "bare `SentenceTransformer.encode`"), ("lift", "lift-local `Embedder.embed`, empty cache")):
         wall, cpu = (statistics.median(column) for column in zip(*times[side]))
-        rate[side] = (len(texts) / wall, len(texts) / cpu)
-        runs = ", ".join(f"{w:.1f} / {c:.1f}" for w, c in times[side])
-        rows.append(f"| {label} | {rate[side][0]:.1f} | {rate[side][1]:.1f} | {runs} |")
-    rows.append(f"| lift-local `Embedder.embed`, all cached | {len(texts) / cached[0]:,.0f} | | {cached[0]:.3f} |")
-    pairs = ", ".join(f"{b[0] / l[0]:.3f}" for b, l in zip(times["bare"], times["lift"]))
+        rows.append(f"| {label} | {n / wall:.1f} | {n / cpu:.1f} |")
+    rows.append(f"| lift-local `Embedder.embed`, every text cached | {n / cached:,.0f} | |")
+    ratios = {kind: [b[i] / l[i] for b, l in zip(times["bare"], times["lift"])] for i, kind in enumerate(("wall", "CPU"))}
     rows += [
         "",
-        f"**Throughput ratio lift-local / bare: {rate['lift'][0] / rate['bare'][0]:.3f} by wall time, "
-        f"{rate['lift'][1] / rate['bare'][1]:.3f} by CPU time** (ratios of medians; goal >= 0.95). "
-        f"Per pair, by wall time: {pairs}.",
+        "**Throughput ratio lift-local / bare, median over pairs: "
+        + ", ".join(f"{statistics.median(values):.3f} by {kind} time" for kind, values in ratios.items())
+        + "** (goal >= 0.95).",
+        "",
+        *(f"- per pair, {kind}: {', '.join(f'{r:.3f}' for r in values)}" for kind, values in ratios.items()),
+        "- seconds per run (wall / CPU), bare: " + ", ".join(f"{w:.1f} / {c:.1f}" for w, c in times["bare"]),
+        "- seconds per run (wall / CPU), lift-local: " + ", ".join(f"{w:.1f} / {c:.1f}" for w, c in times["lift"]),
     ]
     return "\n".join(rows)
-
-
-def timed(function, *args) -> tuple[float, float]:
-    """(wall, CPU) seconds of one call. CPU time is the process's, all threads: it is less disturbed than
-    wall time when other programs share the machine."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    function(*args)
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def synthetic_embeddings(n: int, seed: int = 0) -> np.ndarray:
@@ -122,11 +127,13 @@ def select_child(n: int, repeats: int) -> None:
                       "n_components": selection.n_components}))
 
 
-def bench_selection(sizes: list[int], repeats: int) -> str:
+def bench_selection(sizes: list[int], repeats: int, threads: int | None) -> str:
     results = []
     for n in sizes:
-        child = subprocess.run([sys.executable, __file__, "--select-child", str(n), "--repeats", str(repeats)],
-                               check=True, capture_output=True, text=True)
+        command = [sys.executable, __file__, "--select-child", str(n), "--repeats", str(repeats)]
+        if threads:
+            command += ["--threads", str(threads)]
+        child = subprocess.run(command, check=True, capture_output=True, text=True)
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     base = results[0]
     gib = 2**30
@@ -147,29 +154,33 @@ def bench_selection(sizes: list[int], repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=1000, help="texts embedded per run")
+    parser.add_argument("--records", type=int, default=300, help="texts embedded per run")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=8, help="pairs of embedding runs (bare, lift-local)")
+    parser.add_argument("--repeats", type=int, default=3, help="selection runs per size; the best is reported")
     parser.add_argument("--sizes", default="100000,200000,400000,1000000", help="selection sizes, comma-separated")
+    parser.add_argument("--threads", type=int, help="limit torch and BLAS to this many threads")
     parser.add_argument("--skip-embedding", action="store_true")
     parser.add_argument("--select-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.select_child:
-        select_child(args.select_child, args.repeats)
-        return
+    with threadpool_limits(args.threads):  # None: no limit
+        if args.select_child:
+            select_child(args.select_child, args.repeats)
+            return
+        import torch
 
-    import os
-
-    import torch
-
-    print(f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"load average before start {os.getloadavg()[0]:.1f}.\n")
-    if not args.skip_embedding:
-        print(f"## Embedding throughput ({args.records} records, batch size {args.batch_size}, "
-              f"{args.repeats} alternating runs per side)\n")
-        print(bench_embedding(embedding_texts(args.records), args.batch_size, args.repeats), "\n", flush=True)
-    print("## Selection time and memory (synthetic embeddings, default parameters)\n")
-    print(bench_selection([int(s) for s in args.sizes.split(",")], args.repeats))
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`\n")
+        print(f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__} using {torch.get_num_threads()} threads; "
+              f"load average {os.getloadavg()[0]:.1f} at start.\n")
+        if not args.skip_embedding:
+            print(f"## Embedding throughput ({args.records} records, batch size {args.batch_size}, "
+                  f"{args.pairs} pairs of runs)\n")
+            print(bench_embedding(embedding_texts(args.records), args.batch_size, args.pairs), "\n", flush=True)
+        print("## Selection time and memory (synthetic embeddings, default parameters)\n")
+        print(bench_selection([int(s) for s in args.sizes.split(",")], args.repeats, args.threads))
+        print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end.")
 
 
 if __name__ == "__main__":

