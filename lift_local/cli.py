@@ -6,6 +6,7 @@ Commands read and write files; the phases themselves work on lists of records.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -38,6 +39,13 @@ def main() -> None:
       quality   keep the top N records by judge score and length score
     run all four with resume:  lift-local run IN --out DIR
     """
+    # SIGTERM (kill, a batch scheduler) must unwind like Ctrl-C does: stored replies get committed and the
+    # vLLM engine processes are shut down instead of being orphaned, still busy.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # --- variety command ---
