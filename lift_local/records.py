@@ -83,13 +83,7 @@ def embedding_text(record: Record) -> str:
 def read_records(path: Path | str) -> list[Record]:
     """Read any supported format; raise `InputError` on the first problem found."""
     path = Path(path)
-    raw = _read_text(path)
-    if not raw.strip():
-        raise InputError(path, None, "the file is empty")
-    if raw.lstrip().startswith("["):
-        items = _parse_json_array(path, raw)
-    else:
-        items = list(_parse_jsonl(path, raw))
+    items = parse_json_items(path, read_text(path))
     if not items:
         raise InputError(path, None, "the file holds no records")
     records = [_normalise(path, where, index, item) for index, (where, item) in enumerate(items)]
@@ -127,7 +121,15 @@ class atomic_path:
             self.tmp.unlink(missing_ok=True)
 
 
-def _read_text(path: Path) -> str:
+def parse_json_items(path: Path, raw: str) -> list[tuple[str, Any]]:
+    """(where, item) pairs of a JSON array or of JSONL, `where` naming the record or line for messages."""
+    if raw.lstrip().startswith("["):
+        return _parse_json_array(path, raw)
+    return list(_parse_jsonl(path, raw))
+
+
+def read_text(path: Path) -> str:
+    """A file's UTF-8 text; a missing, unreadable, empty or non-UTF-8 file is an `InputError`."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -137,10 +139,13 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise InputError(path, None, f"cannot be read: {err.strerror}") from None
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise InputError(path, f"line {line}", f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+    if not text.strip():
+        raise InputError(path, None, "the file is empty")
+    return text
 
 
 def _parse_json_array(path: Path, raw: str) -> list[tuple[str, Any]]:

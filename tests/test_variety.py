@@ -234,6 +234,7 @@ def test_cli_rerun_is_served_from_the_cache(cli_run, monkeypatch):
         ("--keep", "0", "Invalid value for '--keep': 0.0 is not in the range 0<x<=1."),
         ("--keep", "-0.2", "Invalid value for '--keep': -0.2 is not in the range 0<x<=1."),
         ("--batch-size", "0", "Invalid value for '--batch-size': 0 is not in the range x>=1."),
+        ("--device", "gpu0", "Invalid value for '--device': Invalid device string: 'gpu0'"),
     ],
 )
 def test_cli_refuses_bad_parameters(tmp_path, option, value, message):
