@@ -397,18 +397,18 @@ def _pca_figure(cumulative: list[float], target: float, chosen: int) -> Figure:
 
 def _row_variance_figure(kept: list[float], dropped: list[float], threshold: float | None) -> Figure:
     figure, (ax,) = _figure(8, 3.2, histogram=True)
-    ax.hist(
-        [dropped, kept],
-        bins=40,
-        stacked=True,
-        color=[DROPPED, KEPT],
-        label=[f"dropped ({len(dropped)})", f"kept ({len(kept)})"],
-    )
-    if threshold is not None:
-        ax.axvline(threshold, color=MARK, linestyle="--", label=f"threshold {threshold:.4g}")
+    _selection_histogram(ax, kept, dropped, 40, "dropped", threshold, "threshold {:.4g}")
     ax.set(xlabel="row variance", ylabel="records")
     ax.legend(frameon=False)
     return figure
+
+
+def _selection_histogram(ax, kept, dropped, bins, dropped_name: str, cut: float | None, cut_label: str) -> None:
+    """What a selection did: kept and dropped values stacked, and the line between them."""
+    labels = [f"{dropped_name} ({len(dropped)})", f"kept ({len(kept)})"]
+    ax.hist([dropped, kept], bins=bins, stacked=True, color=[DROPPED, KEPT], label=labels)
+    if cut is not None:
+        ax.axvline(cut, color=MARK, linestyle="--", label=cut_label.format(cut))
 
 
 def _dimensions_figure(scores: dict[str, list[int]]) -> Figure:
@@ -434,15 +434,7 @@ def _scores_figure(
     total_ax.set(title="judge total", xlabel="score", ylabel="records")
     length_ax.hist(lengths, bins=bins, color=BLUE)
     length_ax.set(title="length score", xlabel="score")
-    final_ax.hist(
-        [rest, kept],
-        bins=bins,
-        stacked=True,
-        color=[DROPPED, KEPT],
-        label=[f"not kept ({len(rest)})", f"kept ({len(kept)})"],
-    )
-    if cutoff is not None:
-        final_ax.axvline(cutoff, color=MARK, linestyle="--", label=f"cut-off {cutoff:.1f}")
+    _selection_histogram(final_ax, kept, rest, bins, "not kept", cutoff, "cut-off {:.1f}")
     final_ax.set(title="final quality", xlabel="score")
     final_ax.legend(frameon=False, loc="upper left")
     for ax in (total_ax, length_ax, final_ax):
