@@ -10,11 +10,12 @@ Items (records judged) per second, all on the same records of Code Alpaca and th
 - (a) transformers `generate`, one prompt at a time (how the paper's reference scripts call their API), on the
   same model folder: chat template, greedy, the same max_new_tokens, no structured output (transformers has
   none). Slow, so measured on the first --hf-records records. Goal: lift-local >= 4x.
-- Prefix caching: lift-local and bare again on a second engine with `enable_prefix_caching=False` (the first
-  engine is shut down before it starts), and the prefix cache hit rate of the first engine.
+- Prefix caching: the lift-local judge step again on a second engine with `enable_prefix_caching=False`
+  (started after the first one is shut down), and the prefix cache hit rate of bare vLLM's runs.
 
-On each engine: a warm-up on other records first, then lift-local and bare in alternating order, the prefix
-cache emptied before every run so that neither side profits from the other's run; medians of --repeat runs.
+On each engine: a warm-up on other records first, then the timed runs (lift-local and bare in alternating
+order), the prefix cache emptied before every run so that no run profits from an earlier one; medians of
+--repeat runs.
 
     .venv/bin/python scripts/bench_judge.py [--records 128] [--repeat 3] [--hf-records 16] \
         [--out docs/bench_judge.md]
@@ -57,16 +58,23 @@ class Side:
 class EngineResult:
     caching: bool
     lift: Side
-    bare: Side
-    start_seconds: float  # engine start (load, KV cache, first request's compilation)
-    prompt_tokens: int  # of one bare run
-    cached_tokens: int  # prefix cache hits of one bare run
-    output_tokens: int
-    shared_prefix: int  # tokens every prompt starts with (system message)
+    bare: Side | None  # None: not measured on this engine
+    start_seconds: float  # engine start plus warm-up
     block_size: int  # the prefix cache reuses whole KV cache blocks only
-    statuses: dict[str, int]  # lift-local verdict statuses of the last run
-    retried: int  # records the lift-local side asked again (its runs do that extra work)
-    same_replies: int  # records whose first lift-local reply equals bare vLLM's
+    verdicts: list[dict]  # of lift-local's last run
+    outputs: list | None  # vllm.RequestOutput of bare vLLM's last run
+
+    @property
+    def prompt_ids(self) -> list[list[int]]:
+        return [o.prompt_token_ids for o in self.outputs]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(map(len, self.prompt_ids))
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(o.num_cached_tokens or 0 for o in self.outputs)
 
 
 def load_records(count: int):
@@ -96,8 +104,9 @@ def bare_sampling_params(params, schema):
     )
 
 
-def bench_engine(caching: bool, records, warm, prompt, params, repeat: int, tmp: Path) -> EngineResult:
-    """lift-local's judge step and bare `LLM.chat` on one engine, alternating; shuts the engine down after."""
+def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, repeat: int,
+                 tmp: Path) -> EngineResult:
+    """lift-local's judge step (and bare `LLM.chat`, alternating) on one engine, which is shut down after."""
     from lift_local import llm
     from lift_local.quality import JUDGE_SCHEMA, judge_records
     from lift_local.store import Store
@@ -128,36 +137,28 @@ def bench_engine(caching: bool, records, warm, prompt, params, repeat: int, tmp:
     start_seconds = time.perf_counter() - started
     block_size = judge.llm.llm_engine.vllm_config.cache_config.block_size
 
-    sides = {"lift": Side("lift-local judge step", len(records)),
-             "bare": Side("bare `LLM.chat`", len(records))}
+    tag = f"prefix caching {'on' if caching else 'off'}"
+    sides = {"lift": (Side(f"lift-local judge step, {tag}", len(records)), lift)}
+    if with_bare:
+        sides["bare"] = (Side(f"bare `LLM.chat`, {tag}", len(records)), bare)
     results = {}
     for run in range(repeat):
-        for name in ("lift", "bare") if run % 2 == 0 else ("bare", "lift"):
+        for name in list(sides) if run % 2 == 0 else reversed(sides):
+            side, function = sides[name]
             judge.llm.reset_prefix_cache()
             begin = time.perf_counter()
-            results[name] = (lift if name == "lift" else bare)(records)
-            sides[name].seconds.append(time.perf_counter() - begin)
-            print(f"  prefix caching {'on' if caching else 'off'}, run {run + 1}, {sides[name].label}: "
-                  f"{sides[name].seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+            results[name] = function(records)
+            side.seconds.append(time.perf_counter() - begin)
+            print(f"  run {run + 1}, {side.label}: {side.seconds[-1]:.1f} s", file=sys.stderr, flush=True)
     llm.close_engines()
-
-    verdicts, outputs = results["lift"], results["bare"]
-    prompt_ids = [o.prompt_token_ids for o in outputs]
-    same = sum(v["retries"] == 0 and v["raw"] == o.outputs[0].text
-               for v, o in zip(verdicts, outputs, strict=True))
     return EngineResult(
         caching=caching,
-        lift=sides["lift"],
-        bare=sides["bare"],
+        lift=sides["lift"][0],
+        bare=sides["bare"][0] if with_bare else None,
         start_seconds=start_seconds,
-        prompt_tokens=sum(map(len, prompt_ids)),
-        cached_tokens=sum(o.num_cached_tokens or 0 for o in outputs),
-        output_tokens=sum(len(o.outputs[0].token_ids) for o in outputs),
-        shared_prefix=len(os.path.commonprefix(prompt_ids)),
         block_size=block_size,
-        statuses=dict(Counter(v["status"] for v in verdicts)),
-        retried=sum(v["retries"] > 0 for v in verdicts),
-        same_replies=same,
+        verdicts=results["lift"],
+        outputs=results.get("bare"),
     )
 
 
@@ -257,8 +258,8 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         f"- Judge sampling: temperature {params.temperature}, top_p 0.95, max_tokens {params.max_tokens}, "
         f"seed {params.seed}, JSON schema `quality.JUDGE_SCHEMA` (vLLM sides); "
         f"lift-local retries {params.retries}",
-        f"- Records: the first {n} of `{DATA}`, {WARM_UP} further ones for warm-up; {args.repeat} runs "
-        "per vLLM side and engine, alternating order, `LLM.reset_prefix_cache()` before every run",
+        f"- Records: the first {n} of `{DATA}`, {WARM_UP} further ones for warm-up; {args.repeat} timed runs "
+        "per side and engine, in alternating order, `LLM.reset_prefix_cache()` before every run",
         f"- Command (from the repository root): `{command}`",
         "",
         "## Items per second",
@@ -266,39 +267,44 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         "| side | items | median items/s | each run (s) | lift-local (caching on) / side |",
         "|---|---:|---:|---|---:|",
     ]
-    for result in (on, off):
-        tag = "prefix caching on" if result.caching else "prefix caching off"
-        for side in (result.lift, result.bare):
-            runs = ", ".join(f"{s:.1f}" for s in side.seconds)
-            lines.append(f"| {side.label}, {tag} | {side.items} | {side.rate:.2f} | {runs} "
-                         f"| {on.lift.rate / side.rate:.2f} |")
+    for side in (on.lift, on.bare, off.lift):
+        runs = ", ".join(f"{s:.1f}" for s in side.seconds)
+        ratio = on.lift.rate / side.rate
+        lines.append(f"| {side.label} | {side.items} | {side.rate:.2f} | {runs} | {ratio:.2f} |")
     if hf:
         lines.append(f"| {hf.side.label} | {hf.side.items} | {hf.side.rate:.3f} | {hf.side.seconds[0]:.1f} "
                      f"| {on.lift.rate / hf.side.rate:.1f} |")
 
-    reusable = on.shared_prefix // on.block_size * on.block_size
+    shared = len(os.path.commonprefix(on.prompt_ids))
+    reusable = shared // on.block_size * on.block_size
+    output_tokens = sum(len(o.outputs[0].token_ids) for o in on.outputs)
+    statuses = Counter(v["status"] for v in on.verdicts)
+    retried = sum(v["retries"] > 0 for v in on.verdicts)
+    same = sum(v["retries"] == 0 and v["raw"] == o.outputs[0].text
+               for v, o in zip(on.verdicts, on.outputs, strict=True))
     lines += [
         "",
         "## Prefix caching",
         "",
-        f"- Prompts: {on.prompt_tokens / n:.0f} tokens on average; the first {on.shared_prefix} (the system "
-        f"message: rubric and examples) are the same in every prompt, "
-        f"{on.shared_prefix * n / on.prompt_tokens:.0%} of all prompt tokens. The cache reuses whole "
-        f"{on.block_size}-token blocks, so {reusable} of them can be reused.",
-        f"- Prefix cache hits in a bare run from an empty cache: {on.cached_tokens} of {on.prompt_tokens} "
-        f"prompt tokens ({on.cached_tokens / on.prompt_tokens:.1%}); with caching off, {off.cached_tokens}.",
-        f"- Items/s with caching on / off: lift-local judge step {on.lift.rate / off.lift.rate:.2f}x "
-        f"({on.lift.rate:.2f} vs {off.lift.rate:.2f}); bare `LLM.chat` {on.bare.rate / off.bare.rate:.2f}x.",
+        f"- Prompts: {on.prompt_tokens / n:.0f} tokens on average; the first {shared} (the system message: "
+        f"rubric and examples) are the same in every prompt, {shared * n / on.prompt_tokens:.0%} of all "
+        f"prompt tokens. The cache reuses whole {on.block_size}-token blocks, so {reusable} of them can be "
+        "reused.",
+        f"- Prefix cache hits in a bare run from an empty cache (`RequestOutput.num_cached_tokens`): "
+        f"{on.cached_tokens} of {on.prompt_tokens} prompt tokens "
+        f"({on.cached_tokens / on.prompt_tokens:.1%}).",
+        f"- lift-local judge step, items/s with caching on / off: {on.lift.rate / off.lift.rate:.2f}x "
+        f"({on.lift.rate:.2f} vs {off.lift.rate:.2f}).",
         f"- Engine start plus warm-up: {on.start_seconds:.0f} s (caching on), "
         f"{off.start_seconds:.0f} s (off).",
         "",
         "## Replies",
         "",
         "- lift-local verdicts (last run, caching on): "
-        f"{', '.join(f'{count} {s}' for s, count in sorted(on.statuses.items()))}; "
-        f"{on.retried} records asked again.",
-        f"- {on.same_replies} of {n} first replies of lift-local are identical to bare vLLM's "
-        f"(greedy, same SamplingParams); {on.output_tokens / n:.1f} output tokens per reply.",
+        f"{', '.join(f'{count} {s}' for s, count in sorted(statuses.items()))}; "
+        f"{retried} records asked again.",
+        f"- {same} of {n} first replies of lift-local are identical to bare vLLM's (greedy, same "
+        f"SamplingParams); {output_tokens / n:.1f} output tokens per reply.",
     ]
     if hf:
         lines.append(
@@ -306,31 +312,35 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
             f"replies parse as a verdict (it has no structured output), {hf.truncated} ran to "
             f"max_new_tokens; {hf.output_tokens / hf.side.items:.1f} output tokens per reply."
         )
-    lines += ["", "## Interpretation", "", *interpretation(on, off, hf)]
+    lines += ["", "## Interpretation", "", *interpretation(on, off, hf, retried)]
     return "\n".join(lines) + "\n"
 
 
-def interpretation(on: EngineResult, off: EngineResult, hf: HFResult | None) -> list[str]:
+def interpretation(on: EngineResult, off: EngineResult, hf: HFResult | None, retried: int) -> list[str]:
     """What the numbers show, goal by goal."""
     out = []
     if hf:
         ratio = on.lift.rate / hf.side.rate
+        output_tokens = sum(len(o.outputs[0].token_ids) for o in on.outputs)  # lift-local's are the same
+        lift_tokens_per_s = output_tokens / statistics.median(on.lift.seconds)
+        hf_tokens_per_s = hf.output_tokens / hf.side.seconds[0]
         out.append(
             "- Goal (a), at least 4x transformers `generate` one request at a time: "
             f"**{'met' if ratio >= 4 else 'missed'}** ({ratio:.1f}x). vLLM decodes all records as one batch "
             "(one forward pass per step serves every running request) and computes the shared system "
             "message once; `generate` runs one prompt's prefill and decode after another. The baseline has "
             "no structured output, so its replies have another length and not all of them are verdicts "
-            "(see Replies): items/s is the measure, not tokens/s."
+            "(see Replies): items/s is the measure. Counted per output token instead, which ignores that "
+            f"longer replies are the baseline's own doing: {lift_tokens_per_s:.0f} vs "
+            f"{hf_tokens_per_s:.1f} tokens/s, {lift_tokens_per_s / hf_tokens_per_s:.1f}x."
         )
     ratio = on.lift.rate / on.bare.rate
-    retried = f"; it also asked {on.retried} records again, which bare vLLM never does" if on.retried else ""
+    extra = f"; it also asked {retried} records again, which bare vLLM never does" if retried else ""
     out.append(
         f"- Goal (b), at least 0.9x bare `LLM.chat`: **{'met' if ratio >= 0.9 else 'missed'}** "
-        f"({ratio:.2f}x with prefix caching, {off.lift.rate / off.bare.rate:.2f}x without). "
-        "On top of the engine's work, lift-local renders and queues each conversation on its own (so that "
-        "one bad prompt fails alone), hashes every request, stores every reply in SQLite as it finishes "
-        "and parses the verdicts" + retried + "."
+        f"({ratio:.2f}x). On top of the engine's work, lift-local renders and queues each conversation on "
+        "its own (so that one bad prompt fails alone), hashes every request, stores every reply in SQLite as "
+        "it finishes and parses the verdicts" + extra + "."
     )
     out.append(
         f"- Prefix caching makes the judge step {on.lift.rate / off.lift.rate:.2f}x as fast: "
@@ -345,7 +355,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=128, help="records judged per run")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per vLLM side and engine")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per side and engine")
     parser.add_argument("--hf-records", type=int, default=16,
                         help="records for transformers `generate` (0: skip it)")
     parser.add_argument("--hf-dtype", default="bfloat16", choices=["bfloat16", "float32"],
@@ -366,9 +376,9 @@ def main() -> None:
     prompt = load_prompt("judge", requires=PROMPT_FIELDS)
     params = QualityParams()
     with tempfile.TemporaryDirectory() as tmp:
-        on = bench_engine(True, records, warm, prompt, params, args.repeat, Path(tmp))
+        on = bench_engine(True, True, records, warm, prompt, params, args.repeat, Path(tmp))
         loads["after caching on"] = load()
-        off = bench_engine(False, records, warm, prompt, params, args.repeat, Path(tmp))
+        off = bench_engine(False, False, records, warm, prompt, params, args.repeat, Path(tmp))
         loads["after caching off"] = load()
     hf = None
     if args.hf_records:
