@@ -335,12 +335,14 @@ def interpretation(on: EngineResult, off: EngineResult, hf: HFResult | None, ret
             f"{hf_tokens_per_s:.1f} tokens/s, {lift_tokens_per_s / hf_tokens_per_s:.1f}x."
         )
     ratio = on.lift.rate / on.bare.rate
+    runs = zip(on.lift.seconds, on.bare.seconds, strict=True)
+    pairs = ", ".join(f"{bare / lift:.2f}" for lift, bare in runs)  # lift-local / bare of each run
     extra = f"; it also asked {retried} records again, which bare vLLM never does" if retried else ""
     out.append(
         f"- Goal (b), at least 0.9x bare `LLM.chat`: **{'met' if ratio >= 0.9 else 'missed'}** "
-        f"({ratio:.2f}x). On top of the engine's work, lift-local renders and queues each conversation on "
-        "its own (so that one bad prompt fails alone), hashes every request, stores every reply in SQLite as "
-        "it finishes and parses the verdicts" + extra + "."
+        f"({ratio:.2f}x; run by run {pairs}). On top of the engine's work, lift-local renders and queues "
+        "each conversation on its own (so that one bad prompt fails alone), hashes every request, stores "
+        "every reply in SQLite as it finishes and parses the verdicts" + extra + "."
     )
     out.append(
         f"- Prefix caching makes the judge step {on.lift.rate / off.lift.rate:.2f}x as fast: "
@@ -360,8 +362,8 @@ def main() -> None:
                         help="records for transformers `generate` (0: skip it)")
     parser.add_argument("--hf-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="torch dtype of the transformers model (vLLM runs the model in bfloat16)")
-    parser.add_argument("--hf-threads", type=int, default=1,
-                        help="torch threads for transformers; vLLM's CPU worker computes on one core of two")
+    parser.add_argument("--hf-threads", type=int, default=os.cpu_count(),
+                        help="torch threads for transformers (default: one per CPU, torch's default)")
     parser.add_argument("--out", type=Path, default=Path("docs/bench_judge.md"), help="Markdown report")
     args = parser.parse_args()
     if min(args.records, args.repeat, args.hf_threads) < 1 or not 0 <= args.hf_records <= args.records:

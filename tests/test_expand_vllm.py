@@ -13,7 +13,8 @@ def test_expand_command_two_rounds_with_real_model(smollm, real_sample, tmp_path
     source = real_sample("dolly_3k.json", [1, 4, 9, 16, 25, 36])
     out = tmp_path / "expanded.jsonl"
     args = ["expand", str(source), str(out), "--task", "nlu", "--rounds", "2", "--rewriter", smollm.name,
-            "--cache-dir", str(tmp_path / "cache"), "--max-tokens", "160"]
+            "--cache-dir", str(tmp_path / "cache"), "--max-tokens", "160",
+            "--temperature", "0"]  # greedy: deterministic, as vLLM on CPU takes no per-request seed
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
 
