@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from . import compare as comparing
 from . import exports, models, pipeline
 from .config import PHASES, load_config
 from .enhance import EnhanceParams, enhance
@@ -531,9 +532,6 @@ def compare_judges(a, b, records, field, scale_a, scale_b, top, bins, figure_pat
     mean absolute difference, quadratic-weighted kappa on binned scores, and the overlap of the top-k
     records each judge would keep (ties broken by id), next to the overlap a random pick would get.
     """
-    from . import compare as comparing
-    from .records import atomic_path, read_records
-
     _params(QualityParams, top=top)  # a --top the quality phase would reject is a usage error here too
     indexed = read_records(records) if records is not None else None
     table_a = comparing.load_scores(a, indexed, field=field, scale=scale_a)

@@ -55,7 +55,7 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
     for override in overrides:
         section, key, value = _split_override(override)
         sections.setdefault(section, {})[key] = value
-    skipped = set(skip) | set(_pop(sections, "run", "skip", where, default=[]))
+    skipped = set(skip) | set(_skip_list(sections, where))
     for name in skipped:
         if name not in PHASES:
             raise ConfigError(f"{where}: cannot skip unknown phase '{name}' (phases: {', '.join(PHASES)})")
@@ -82,13 +82,12 @@ def _split_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def _pop(sections: dict, section: str, key: str, where: str, default: Any) -> Any:
-    value = sections.get(section, {}).pop(key, default)
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        value = [value] if isinstance(value, str) else value
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: [{section}] {key} must be a list of phase names")
-    return value
+def _skip_list(sections: dict, where: str) -> list[str]:
+    value = sections.get("run", {}).pop("skip", [])
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{where}: [run] skip must be a list of phase names, got {value!r}")
+    return names
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

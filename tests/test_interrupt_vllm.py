@@ -10,7 +10,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.vllm
 LIFT_LOCAL = Path(sys.executable).with_name("lift-local")

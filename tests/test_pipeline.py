@@ -137,6 +137,7 @@ def test_skipped_phases_and_limit(tmp_path, sample, run):
         ("[enhance]\nmax_tokens = 1.5\n", "[enhance]: 'max_tokens' must be an integer, got 1.5"),
         ("[quality\ntop = 5\n", "not valid TOML"),
         ("[run]\nskip = ['enhanse']\n", "cannot skip unknown phase 'enhanse'"),
+        ("[run]\nskip = 3\n", "[run] skip must be a list of phase names, got 3"),
     ],
 )
 def test_config_errors_are_clear(tmp_path, sample, run, config, expected):
