@@ -9,7 +9,9 @@ Items (records judged) per second, all on the same records of Code Alpaca and th
   `VLLMChat` builds (same structured output). Goal: lift-local >= 0.9x.
 - (a) transformers `generate`, one prompt at a time (how the paper's reference scripts call their API), on the
   same model folder: chat template, greedy, the same max_new_tokens, no structured output (transformers has
-  none). Slow, so measured on the first --hf-records records. Goal: lift-local >= 4x.
+  none). Slow, so measured on the first --hf-records records, with one torch thread and with one per CPU
+  (the faster is the baseline: more threads win on an idle machine, lose badly on a busy one).
+  Goal: lift-local >= 4x.
 - Prefix caching: the lift-local judge step again on a second engine with `enable_prefix_caching=False`
   (started after the first one is shut down), and the prefix cache hit rate of bare vLLM's runs.
 
@@ -35,6 +37,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DATA = Path("/work/shared/data/code_alpaca_2k.json")
 WARM_UP = 16  # records judged once on each engine before any timing
@@ -61,6 +64,7 @@ class EngineResult:
     bare: Side | None  # None: not measured on this engine
     start_seconds: float  # engine start plus warm-up
     block_size: int  # the prefix cache reuses whole KV cache blocks only
+    sampling_params: Any  # vllm.SamplingParams of the bare side
     verdicts: list[dict]  # of lift-local's last run
     outputs: list | None  # vllm.RequestOutput of bare vLLM's last run
 
@@ -87,8 +91,9 @@ def load_records(count: int):
 
 
 def bare_sampling_params(params, schema):
-    """The SamplingParams `VLLMChat.chat` builds for the judge's first request."""
+    """The SamplingParams `VLLMChat.chat` builds for the judge's first request (a copy of its code)."""
     from vllm import SamplingParams
+    from vllm.platforms import current_platform
     from vllm.sampling_params import StructuredOutputsParams
 
     from lift_local.llm import Sampling
@@ -98,7 +103,7 @@ def bare_sampling_params(params, schema):
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         max_tokens=sampling.max_tokens,
-        seed=sampling.seed,
+        seed=None if current_platform.is_cpu() else sampling.seed,
         logprobs=sampling.logprobs or None,
         structured_outputs=StructuredOutputsParams(json=schema),
     )
@@ -157,6 +162,7 @@ def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, 
         bare=sides["bare"][0] if with_bare else None,
         start_seconds=start_seconds,
         block_size=block_size,
+        sampling_params=sampling_params,
         verdicts=results["lift"],
         outputs=results.get("bare"),
     )
@@ -175,13 +181,12 @@ class HFResult:
 def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: int) -> HFResult:
     """One `generate` call per record, greedy, as a one-request-at-a-time API client would be served."""
     import torch
-
-    torch.set_num_threads(threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lift_local import models
     from lift_local.quality import parse_judge_reply
 
+    torch.set_num_threads(threads)
     folder = models.ensure_present(models.resolve("judge"))
     dtype = getattr(torch, dtype_name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -197,7 +202,7 @@ def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: 
         return out[0, inputs["input_ids"].shape[1] :]
 
     generate(warm[0])
-    side = Side(f"transformers `generate`, one at a time ({dtype_name})", len(records))
+    side = Side(f"transformers `generate`, one at a time ({dtype_name}, {threads} thread(s))", len(records))
     begin = time.perf_counter()
     replies = [generate(r) for r in records]
     side.seconds.append(time.perf_counter() - begin)
@@ -233,7 +238,7 @@ def versions() -> str:
 
 
 def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineResult, off: EngineResult,
-           hf: HFResult | None) -> str:
+           hfs: list[HFResult]) -> str:
     from lift_local import models
     from lift_local.llm import engine_settings
     from lift_local.quality import QualityParams
@@ -256,7 +261,7 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         f"- Engine settings (lift-local's defaults with the registry's): `{settings}`; "
         f"KV cache block size {on.block_size} (vLLM's CPU default)",
         f"- Judge sampling: temperature {params.temperature}, top_p 0.95, max_tokens {params.max_tokens}, "
-        f"seed {params.seed}, JSON schema `quality.JUDGE_SCHEMA` (vLLM sides); "
+        f"request seed {on.sampling_params.seed}, JSON schema `quality.JUDGE_SCHEMA` (vLLM sides); "
         f"lift-local retries {params.retries}",
         f"- Records: the first {n} of `{DATA}`, {WARM_UP} further ones for warm-up; {args.repeat} timed runs "
         "per side and engine, in alternating order, `LLM.reset_prefix_cache()` before every run",
@@ -271,7 +276,7 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         runs = ", ".join(f"{s:.1f}" for s in side.seconds)
         ratio = on.lift.rate / side.rate
         lines.append(f"| {side.label} | {side.items} | {side.rate:.2f} | {runs} | {ratio:.2f} |")
-    if hf:
+    for hf in hfs:
         lines.append(f"| {hf.side.label} | {hf.side.items} | {hf.side.rate:.3f} | {hf.side.seconds[0]:.1f} "
                      f"| {on.lift.rate / hf.side.rate:.1f} |")
 
@@ -306,27 +311,29 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         f"- {same} of {n} first replies of lift-local are identical to bare vLLM's (greedy, same "
         f"SamplingParams); {output_tokens / n:.1f} output tokens per reply.",
     ]
-    if hf:
+    for hf in hfs:
         lines.append(
-            f"- transformers ({hf.dtype}, {hf.threads} torch thread(s)): {hf.parsed} of {hf.side.items} "
+            f"- transformers ({hf.dtype}, {hf.threads} thread(s)): {hf.parsed} of {hf.side.items} "
             f"replies parse as a verdict (it has no structured output), {hf.truncated} ran to "
             f"max_new_tokens; {hf.output_tokens / hf.side.items:.1f} output tokens per reply."
         )
-    lines += ["", "## Interpretation", "", *interpretation(on, off, hf, retried)]
+    lines += ["", "## Interpretation", "", *interpretation(on, off, hfs, retried)]
     return "\n".join(lines) + "\n"
 
 
-def interpretation(on: EngineResult, off: EngineResult, hf: HFResult | None, retried: int) -> list[str]:
+def interpretation(on: EngineResult, off: EngineResult, hfs: list[HFResult], retried: int) -> list[str]:
     """What the numbers show, goal by goal."""
     out = []
-    if hf:
+    if hfs:
+        hf = max(hfs, key=lambda result: result.side.rate)
         ratio = on.lift.rate / hf.side.rate
         output_tokens = sum(len(o.outputs[0].token_ids) for o in on.outputs)  # lift-local's are the same
         lift_tokens_per_s = output_tokens / statistics.median(on.lift.seconds)
         hf_tokens_per_s = hf.output_tokens / hf.side.seconds[0]
         out.append(
             "- Goal (a), at least 4x transformers `generate` one request at a time: "
-            f"**{'met' if ratio >= 4 else 'missed'}** ({ratio:.1f}x). vLLM decodes all records as one batch "
+            f"**{'met' if ratio >= 4 else 'missed'}** ({ratio:.1f}x its faster run, {hf.threads} "
+            "thread(s)). vLLM decodes all records as one batch "
             "(one forward pass per step serves every running request) and computes the shared system "
             "message once; `generate` runs one prompt's prefill and decode after another. The baseline has "
             "no structured output, so its replies have another length and not all of them are verdicts "
@@ -362,11 +369,15 @@ def main() -> None:
                         help="records for transformers `generate` (0: skip it)")
     parser.add_argument("--hf-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="torch dtype of the transformers model (vLLM runs the model in bfloat16)")
-    parser.add_argument("--hf-threads", type=int, default=os.cpu_count(),
-                        help="torch threads for transformers (default: one per CPU, torch's default)")
+    parser.add_argument("--hf-threads", default=",".join(map(str, sorted({1, os.cpu_count() or 1}))),
+                        help="torch thread counts for transformers, comma-separated; each is measured")
     parser.add_argument("--out", type=Path, default=Path("docs/bench_judge.md"), help="Markdown report")
     args = parser.parse_args()
-    if min(args.records, args.repeat, args.hf_threads) < 1 or not 0 <= args.hf_records <= args.records:
+    try:
+        threads = [int(t) for t in args.hf_threads.split(",")]
+    except ValueError:
+        parser.error(f"--hf-threads must be comma-separated numbers, got {args.hf_threads!r}")
+    if min(args.records, args.repeat, *threads) < 1 or not 0 <= args.hf_records <= args.records:
         parser.error("--records, --repeat and --hf-threads must be at least 1, --hf-records in 0..--records")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -382,12 +393,11 @@ def main() -> None:
         loads["after caching on"] = load()
         off = bench_engine(False, False, records, warm, prompt, params, args.repeat, Path(tmp))
         loads["after caching off"] = load()
-    hf = None
-    if args.hf_records:
-        subset = records[: args.hf_records]
-        hf = bench_transformers(subset, warm, prompt, params, args.hf_dtype, args.hf_threads)
-        loads["after transformers"] = load()
-    text = report(args, started, loads, on, off, hf)
+    hfs = []
+    for count in threads if args.hf_records else []:
+        hfs.append(bench_transformers(records[: args.hf_records], warm, prompt, params, args.hf_dtype, count))
+        loads[f"after transformers, {count} thread(s)"] = load()
+    text = report(args, started, loads, on, off, hfs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(text)
