@@ -21,14 +21,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error
 
-from lift_local.quality import DIMENSIONS, QualityParams
-from lift_local.records import META_KEY, InputError, Record, parse_json_items, read_text
+from .errors import InputError, NothingToCompare
+from .phases.quality import DIMENSIONS, QualityParams, Verdict
+from .records import META_KEY, Record, parse_json_items, read_text
 
 FIELDS = ("total", "quality")  # which lift-local score is compared: the judge's total or the final quality
 
@@ -86,10 +86,6 @@ class Comparison:
     bins: int
     overall: Agreement
     dimensions: dict[str, Agreement]
-
-
-class NothingToCompare(click.ClickException):
-    """The two files share no scored record."""
 
 
 # --- reading score files ---
@@ -152,14 +148,14 @@ def _json_rows(path: Path, items: Iterator[tuple[str, Any]], field: str) -> Iter
 
 def _lift_local_row(path: Path, where: str, record_id: str, meta: dict, field: str) -> _Row:
     judge = meta.get("judge")
-    if not isinstance(judge, dict) or judge.get("status") != "ok":
+    verdict = Verdict.from_json(judge) if isinstance(judge, dict) else None
+    if verdict is None or not verdict.ok:
         return _Row(where, record_id, None, {}, lift_local=True)
-    total = judge.get("total") if field == "total" else meta.get(field)
+    total = verdict.total if field == "total" else meta.get(field)
     if total is None:
         hint = "" if field == "total" else " (was the file written by the quality phase?)"
         raise InputError(path, where, f"the judge's status is ok but it has no {field} score{hint}")
-    scores = judge.get("scores")
-    dimensions = _rubric_fields(scores) if isinstance(scores, dict) else {}
+    dimensions = _rubric_fields(verdict.scores) if isinstance(verdict.scores, dict) else {}
     return _Row(where, record_id, total, dimensions, lift_local=True)
 
 

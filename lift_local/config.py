@@ -1,7 +1,7 @@
 """Run configuration: every phase's parameter object, set from a TOML file and `--set phase.key=value`.
 
-The TOML sections are the phase names, `[models]`, `[prompts]` and `[run]`; their keys are the fields of each phase's parameter
-dataclass, so the config and the Python API can never drift apart.
+The TOML sections are the phase names, `[models]`, `[prompts]` and `[run]`; a phase's keys are the fields of its
+parameter dataclass, so the config and the Python API can never drift apart.
 """
 
 from __future__ import annotations
@@ -13,32 +13,18 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import click
-
-from .enhance import EnhanceParams
-from .expand import ExpandParams
-from .quality import QualityParams
-from .variety import VarietyParams
-from .workbench import ModelsConfig, PromptsConfig
-
-PHASES = ("enhance", "expand", "variety", "quality")
-PARAM_TYPES = {"enhance": EnhanceParams, "expand": ExpandParams, "variety": VarietyParams, "quality": QualityParams}
+from .errors import ConfigError
+from .phases import Phase, all_phases
+from .prompts import bundled_names
+from .workbench import ModelsConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    params: dict[str, Any]  # phase name -> its parameter object
+    phases: list[Phase]  # every phase in run order, each with its parameters
     models: ModelsConfig = ModelsConfig()
-    prompts: PromptsConfig = PromptsConfig()
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # template name -> the user's file
     skip: frozenset[str] = frozenset()
-
-    @property
-    def phases(self) -> list[str]:
-        return [phase for phase in PHASES if phase not in self.skip]
-
-
-class ConfigError(click.ClickException):
-    pass
 
 
 def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), skip: typing.Iterable[str] = ()) -> RunConfig:
@@ -55,19 +41,25 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
     for override in overrides:
         section, key, value = _split_override(override)
         sections.setdefault(section, {})[key] = value
+    names = [cls.name for cls in all_phases()]
     skipped = set(skip) | set(_skip_list(sections, where))
     for name in skipped:
-        if name not in PHASES:
-            raise ConfigError(f"{where}: cannot skip unknown phase '{name}' (phases: {', '.join(PHASES)})")
-    for extra in set(sections) - set(PHASES) - {"models", "prompts", "run"}:
-        known = ", ".join((*PHASES, "models", "prompts", "run"))
+        if name not in names:
+            raise ConfigError(f"{where}: cannot skip unknown phase '{name}' (phases: {', '.join(names)})")
+    for extra in set(sections) - set(names) - {"models", "prompts", "run"}:
+        known = ", ".join((*names, "models", "prompts", "run"))
         raise ConfigError(f"{where}: unknown section [{extra}] (sections: {known})")
     if sections.get("run"):
         raise ConfigError(f"{where}: unknown key(s) in [run]: {', '.join(sections['run'])} (known: skip)")
-    params = {phase: _build(PARAM_TYPES[phase], sections.get(phase, {}), f"{where} [{phase}]") for phase in PHASES}
+    phases = [cls(_build(cls.Params, sections.get(cls.name, {}), f"{where} [{cls.name}]")) for cls in all_phases()]
     models = _build(ModelsConfig, sections.get("models", {}), f"{where} [models]")
-    prompts = _build(PromptsConfig, sections.get("prompts", {}), f"{where} [prompts]")
-    return RunConfig(params=params, models=models, prompts=prompts, skip=frozenset(skipped))
+    prompts = sections.get("prompts", {})
+    for name, value in prompts.items():
+        if name not in bundled_names():
+            raise ConfigError(f"{where} [prompts]: unknown key '{name}' (known: {', '.join(bundled_names())})")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} [prompts]: '{name}' must be a string, got {value!r}")
+    return RunConfig(phases=phases, models=models, prompts=prompts, skip=frozenset(skipped))
 
 
 def _split_override(text: str) -> tuple[str, str, Any]:

@@ -19,15 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import click
+from .errors import ModelError
 
 ROLES = ("rewriter", "judge", "embedder")
 KINDS = ("chat", "embedding")
 _SOURCE_CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when lift-local runs from one
-
-
-class ModelError(click.ClickException):
-    """A model that is unknown, misconfigured or missing: one line for the user, exit status 1."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from string import Template
 
+from .errors import InputError
 from .llm import Conversation
-from .records import InputError
 
-BUNDLED = ("enhance", "expand_nlu", "expand_code", "judge")
 FIELDS = ("instruction", "input", "output")
 _KEYS = {"system", "user", "input_block"}
 
@@ -39,15 +38,24 @@ class Prompt:
         return messages
 
 
-def bundled_path(name: str) -> Path:
-    """The packaged template `name` (one of BUNDLED)."""
-    if name not in BUNDLED:
-        raise ValueError(f"no bundled prompt {name!r}; bundled prompts are {', '.join(BUNDLED)}")
+def _bundled_folder() -> Path:
     here = Path(__file__).resolve().parent
     for folder in (here / "prompts", here.parent / "prompts"):  # installed wheel, then source checkout
-        if (folder / f"{name}.toml").is_file():
-            return folder / f"{name}.toml"
-    raise FileNotFoundError(f"lift-local's bundled prompt {name}.toml is missing from the installation")
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError("lift-local's bundled prompts are missing from the installation")
+
+
+def bundled_names() -> list[str]:
+    """The packaged templates: every TOML file of the prompts folder, by name without `.toml`."""
+    return sorted(path.stem for path in _bundled_folder().glob("*.toml"))
+
+
+def bundled_path(name: str) -> Path:
+    """The packaged template `name` (one of `bundled_names()`)."""
+    if name not in bundled_names():
+        raise ValueError(f"no bundled prompt {name!r}; bundled prompts are {', '.join(bundled_names())}")
+    return _bundled_folder() / f"{name}.toml"
 
 
 def load_prompt(source: str | Path, requires: Iterable[str] = ("instruction",)) -> Prompt:
@@ -56,7 +64,7 @@ def load_prompt(source: str | Path, requires: Iterable[str] = ("instruction",)) 
     Every problem is an `InputError` naming the file, so a typo in a user's template fails before any
     model is loaded.
     """
-    path = bundled_path(str(source)) if str(source) in BUNDLED else Path(source)
+    path = bundled_path(str(source)) if str(source) in bundled_names() else Path(source)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, IsADirectoryError):

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import jsonlines
+
+from .errors import InputError
 
 META_KEY = "lift"  # where lift-local keeps its own metadata (provenance, scores) in written records
 CORE_FIELDS = ("instruction", "input", "output")
@@ -25,14 +26,6 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _USER_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
-
-
-class InputError(click.ClickException):
-    """A problem with the user's data: reported in one line, exit status 1, no traceback."""
-
-    def __init__(self, path: Path | str, where: str | None, problem: str):
-        location = f"{path}:{where}" if where else str(path)
-        super().__init__(f"{location}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)

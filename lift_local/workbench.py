@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import llm, models
 from .embed import Embedder
-from .llm import CachedChat, ChatModel
+from .llm import ChatModel
+from .llm.cache import CachedChat
+from .phases import Phase
 from .prompts import Prompt, load_prompt
-from .quality import PROMPT_FIELDS
 from .store import Store
-
-# Which templates each phase uses, by their names in `PromptsConfig`.
-PHASE_PROMPTS = {"enhance": ("enhance",), "expand": ("expand_{task}", "enhance"), "quality": ("judge",), "variety": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,34 +38,24 @@ class ModelsConfig:
     device: str | None = None  # torch device for the embedder
 
 
-@dataclasses.dataclass(frozen=True)
-class PromptsConfig:
-    """The template for each job: a bundled name or the path of the user's own TOML file."""
-
-    enhance: str = "enhance"
-    expand_nlu: str = "expand_nlu"
-    expand_code: str = "expand_code"
-    judge: str = "judge"
-
-
 class Workbench:
-    def __init__(
-        self,
-        cache_dir: Path,
-        models_config: ModelsConfig = ModelsConfig(),
-        prompts_config: PromptsConfig = PromptsConfig(),
-    ):
+    """The `Kit` a phase's map works with on this machine: its models behind their caches, and its prompts.
+
+    `prompts` maps a template name to the user's own file in its place (e.g. {"judge": "my_judge.toml"}).
+    """
+
+    def __init__(self, cache_dir: Path, models_config: ModelsConfig = ModelsConfig(), prompts: Mapping[str, str] = {}):
         self.cache_dir = Path(cache_dir).expanduser()
         self.models = models_config
-        self.prompts = prompts_config
+        self.prompts = dict(prompts)
         self._stores: dict[str, Store] = {}
         self._built: dict[str, Any] = {}
 
-    def rewriter(self) -> ChatModel:
-        return self._chat("rewriter")
-
-    def judge(self) -> ChatModel:
-        return self._chat("judge")
+    def chat(self, role: str) -> ChatModel:
+        if role not in self._built:
+            model = llm.load_chat_model(role, getattr(self.models, role), server_url=self.models.server)
+            self._built[role] = CachedChat(model, self._store("replies"))
+        return self._built[role]
 
     def embedder(self) -> Embedder:
         if "embedder" not in self._built:
@@ -76,24 +65,22 @@ class Workbench:
             )
         return self._built["embedder"]
 
-    def prompt(self, name: str) -> Prompt:
-        source = getattr(self.prompts, name)
-        return load_prompt(source, requires=PROMPT_FIELDS if name == "judge" else ("instruction",))
+    def prompt(self, name: str, requires: tuple[str, ...]) -> Prompt:
+        return load_prompt(self.prompts.get(name, name), requires=requires)
 
-    def phase_prompts(self, phase: str, params: Any) -> list[Prompt]:
-        names = [name.format(task=getattr(params, "task", "")) for name in PHASE_PROMPTS[phase]]
-        return [self.prompt(name) for name in names]
+    def phase_prompts(self, phase: Phase) -> list[Prompt]:
+        """The phase's templates, loaded: a bad one fails here, before any model starts."""
+        return [self.prompt(name, phase.requires) for name in phase.templates().values()]
 
     def identities(self) -> dict[str, str]:
         """What names each role's model in the manifest, without starting anything."""
         return {role: self._identity(role) for role in models.ROLES}
 
-    def fingerprint_inputs(self, phase: str, params: Any) -> dict[str, Any]:
+    def fingerprint_inputs(self, phase: Phase) -> dict[str, Any]:
         """Everything besides its parameters and input records that decides a phase's output."""
-        role = {"enhance": "rewriter", "expand": "rewriter", "variety": "embedder", "quality": "judge"}[phase]
         prompts = {p.source: hashlib.sha256(f"{p.system}\0{p.user}\0{p.input_block}".encode()).hexdigest()
-                   for p in self.phase_prompts(phase, params)}
-        return {"model": self._identity(role), "prompts": prompts}
+                   for p in self.phase_prompts(phase)}
+        return {"models": {role: self._identity(role) for role in phase.roles}, "prompts": prompts}
 
     def __enter__(self) -> Workbench:
         return self
@@ -105,12 +92,6 @@ class Workbench:
         for store in self._stores.values():
             store.close()
         self._stores.clear()
-
-    def _chat(self, role: str) -> ChatModel:
-        if role not in self._built:
-            model = llm.load_chat_model(role, getattr(self.models, role), server_url=self.models.server)
-            self._built[role] = CachedChat(model, self._store("replies"), label=role)
-        return self._built[role]
 
     def _identity(self, role: str) -> str:
         override = getattr(self.models, role)

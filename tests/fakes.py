@@ -67,6 +67,7 @@ class FakeChat:
         sampling: Sampling,
         json_schema: dict[str, Any] | None = None,
         on_reply: OnReply | None = None,
+        label: str = "",
     ) -> list[Reply]:
         conversations = [list(c) for c in conversations]
         self.calls.append(FakeChatCall(conversations, sampling, json_schema))

@@ -1,0 +1,36 @@
+"""lift-local's own errors. Each is one line for the user; the CLI alone turns them into a message and a
+non-zero exit (no module below the CLI knows Click), so the library raises the same errors when it is
+used from Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LiftError(Exception):
+    """Anything lift-local reports to the user as one line, without a traceback."""
+
+
+class InputError(LiftError):
+    """A problem with the user's data or files, naming the file and, where known, the record or line."""
+
+    def __init__(self, path: Path | str, where: str | None, problem: str):
+        location = f"{path}:{where}" if where else str(path)
+        super().__init__(f"{location}: {problem}")
+
+
+class ConfigError(LiftError):
+    """A run configuration (TOML file, --set override, parameter value) that cannot be used."""
+
+
+class ModelError(LiftError):
+    """A model that is unknown, misconfigured or missing."""
+
+
+class NothingToCompare(LiftError):
+    """Two score files that share no scored record."""
+
+
+class NothingSelected(LiftError):
+    """A phase that could not keep any record, e.g. a judge that gave no valid reply at all."""

@@ -1,0 +1,128 @@
+"""The one interface every LLM phase talks to: a batch of chat conversations in, replies out.
+
+Phases never import vLLM; they receive a `ChatModel`. The backends live beside this module: `inprocess`
+(a vLLM engine in this process) and `server` (an OpenAI-compatible endpoint such as `vllm serve` on the
+user's own network); `cache.CachedChat` wraps either so that every finished reply is stored at once and an
+interrupted phase redoes only what is missing. `load_chat_model` builds the model a role is assigned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from .. import models
+
+Conversation = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": "..."}]
+
+# A prompt longer than the engine's max_model_len gets an empty reply with this finish reason instead of
+# failing the whole batch. It depends on engine settings, not on the request, so it is never cached.
+PROMPT_TOO_LONG = "prompt_too_long"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters; part of every reply's cache key.
+
+    The seed is given to each request on its own, so a reply does not depend on what else was in the batch.
+    `logprobs` > 0 asks for that many most likely tokens at each generated position (e.g. to turn a judge's
+    score into an expected score).
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: int = 0
+    logprobs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    text: str
+    finish_reason: str  # "stop", "length", ...
+    # With Sampling.logprobs: for each generated token, the most likely tokens and their log-probabilities.
+    logprobs: list[dict[str, float]] | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Reply:
+        return cls(**json.loads(data))
+
+    @property
+    def status(self) -> str:
+        """'ok', or why the reply is not usable: 'prompt_too_long' for the engine, 'truncated' (cut off at
+        max_tokens) or 'empty'."""
+        if self.finish_reason == PROMPT_TOO_LONG:
+            return "prompt_too_long"
+        if self.finish_reason == "length":
+            return "truncated"
+        if not self.text.strip():
+            return "empty"
+        return "ok"
+
+
+OnReply = Callable[[int, Reply], None]  # called with the conversation's index as each reply finishes
+
+
+class ChatModel(Protocol):
+    """What a phase needs of a model. `name` identifies the model's weights in cache keys.
+
+    `label` names the work in progress bars ("expand round 2: answers"); a backend without one ignores it.
+    """
+
+    name: str
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        json_schema: dict[str, Any] | None = None,
+        on_reply: OnReply | None = None,
+        label: str = "",
+    ) -> list[Reply]: ...
+
+
+def is_prompt_too_long(error: Exception) -> bool:
+    """vLLM's errors for a prompt over max_model_len, raised in process and returned by a server (HTTP 400)."""
+    return "maximum context length" in str(error) or "maximum model length" in str(error)
+
+
+def check_sampling(temperature: float, max_tokens: int, name: str = "temperature") -> None:
+    """Parameter checks for a phase's sampling settings; the ValueError names the field."""
+    if not 0 <= temperature <= 2:
+        raise ValueError(f"{name} must be between 0 and 2, got {temperature}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+
+
+def load_chat_model(
+    role: str,
+    override: str | None = None,
+    *,
+    server_url: str | None = None,
+    api_key: str = "EMPTY",
+    max_concurrency: int = 32,
+    engine_options: Mapping[str, Any] | None = None,
+) -> ChatModel:
+    """The model for `role` ("rewriter" or "judge").
+
+    With `server_url`: a client of that OpenAI-compatible server, asking for the served model `override`
+    (default: the server's only model). Otherwise a vLLM engine in this process for the registry's model or
+    `override` (a registered name or a model folder), with `engine_options` (vllm.LLM settings) over the
+    registry entry's. A packaged model is converted on first use. When rewriter and judge are the same
+    model, they share one engine. Nothing starts (or imports vLLM) until the first request.
+    """
+    if server_url:
+        from .server import ServerChat
+
+        return ServerChat(server_url, override, api_key=api_key, max_concurrency=max_concurrency)
+    from .inprocess import shared_engine
+
+    spec = models.resolve(role, override)
+    if spec.kind != "chat":
+        raise models.ModelError(f"model {spec.name} is an {spec.kind} model; the {role} needs a chat model")
+    return shared_engine(models.ensure_present(spec), spec.name, {**spec.vllm, **(engine_options or {})})

@@ -1,0 +1,75 @@
+"""The run folder's `manifest.json`: what produced each phase's output, read and written in this one place.
+
+The pipeline writes it after every phase (so an interrupted run knows what is finished) and the report
+reads it; both see the same typed entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .records import atomic_path
+
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass
+class PhaseEntry:
+    """One phase of a run: 'done' with its files and figures, or 'skipped'."""
+
+    status: str
+    output: str | None = None  # the records the next phase reads, a file name in the run folder
+    output_sha256: str | None = None
+    side: dict[str, str] = dataclasses.field(default_factory=dict)  # side file name -> file ("dropped": ...)
+    records_in: int | None = None
+    records_out: int | None = None
+    seconds: float | None = None
+    finished: str | None = None  # ISO 8601, UTC
+    fingerprint: str | None = None  # of everything that decided the output (see pipeline.py)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value not in (None, {})}
+
+
+@dataclasses.dataclass
+class Manifest:
+    input: dict[str, Any] = dataclasses.field(default_factory=dict)  # path, sha256, records, limit, seed
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> model
+    phases: dict[str, PhaseEntry] = dataclasses.field(default_factory=dict)  # in run order
+    lift_local_version: str | None = None
+    curated: str | None = None  # the curated records, once the run finished
+    exports: dict[str, str] = dataclasses.field(default_factory=dict)  # format -> file
+
+    @classmethod
+    def load(cls, run_dir: Path, *, missing_ok: bool = False) -> Manifest:
+        path = run_dir / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if missing_ok:
+                return cls()
+            raise InputError(path, None, "no such file; is this a folder written by `lift-local run`?") from None
+        except json.JSONDecodeError as err:
+            raise InputError(path, f"line {err.lineno} column {err.colno}", f"malformed JSON: {err.msg}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("phases"), dict):
+            raise InputError(path, None, "not a lift-local manifest: no 'phases' object")
+        try:
+            phases = {name: PhaseEntry(**entry) for name, entry in data.pop("phases").items()}
+            return cls(**data, phases=phases)
+        except TypeError as err:
+            raise InputError(path, None, f"not a manifest of this lift-local version ({err}); use a new --out folder") from None
+
+    def save(self, run_dir: Path) -> None:
+        data = {**dataclasses.asdict(self), "phases": {name: e.to_json() for name, e in self.phases.items()}}
+        with atomic_path(run_dir / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,205 @@
+"""The shape every phase has, and the one list of phases that the pipeline, config, CLI and report read.
+
+A phase is a `Phase` subclass in its own module of this package, declared once: its name, its parameter
+dataclass, the model roles and prompt templates it uses, how it runs and what the report says about it.
+Defining the class registers it; `all_phases()` imports every module here, so adding a phase is adding
+one file.
+
+Every phase is the composition of two steps, after datatrove's pipeline steps:
+
+- `map`: per-record work on a batch of records (LLM calls, embeddings, hashes), a pure function of the
+  batch and the models; it returns each record (possibly rewritten) with its compact *features*.
+- `select`: a decision over the features alone (scores, embeddings, lengths, hashes), never the texts:
+  which records are kept, which go to side files, what each learns, and the phase's statistics.
+
+An executor runs `map`: `Local` in this process on the whole input as one batch (so an engine batches
+continuously); a cluster executor can send batches to other machines while `select` stays on the driver.
+A phase whose work has several rounds (expand) overrides `run` and calls map and select once a round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ..llm import Sampling, check_sampling
+from ..records import Record
+
+if TYPE_CHECKING:
+    from ..embed import Embedder
+    from ..llm import ChatModel
+    from ..manifest import PhaseEntry
+    from ..prompts import Prompt
+    from ..report import Plot, RunFolder
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A parameter field: its default, and the help its command-line option shows. `cli` holds more for the
+    option: `flags` (e.g. ("-k",)), `low`/`high` (a range checked as the option is read; `low_open` excludes
+    `low`), `required` (the command asks for it though `run` has a default), `metavar`, and `parse` (text
+    to value, for types other than numbers, strings and choices)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+    """The sampling settings of a phase that asks an LLM for text."""
+
+    temperature: float = option(0.7, "Sampling temperature.", low=0, high=2)
+    max_tokens: int = option(
+        1024, "Longest reply in tokens; a reply cut off there is not used, and is counted.", low=1
+    )
+    seed: int = option(0, "Sampling seed: the same seed repeats the same requests.")
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.max_tokens)
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
+
+
+class Kit(Protocol):
+    """What `map` works with: the models of the phase's roles and its prompt templates (the Workbench)."""
+
+    def chat(self, role: str) -> ChatModel: ...
+
+    def embedder(self) -> Embedder: ...
+
+    def prompt(self, name: str, requires: tuple[str, ...]) -> Prompt: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapped:
+    """One record after `map`, and the compact features `select` decides on."""
+
+    record: Record
+    features: Any
+
+
+@dataclasses.dataclass
+class Selection:
+    """What `select` decided, by position in the mapped batch: `keep` in output order, side files (name ->
+    positions), metadata each record gains from the decision, and JSON-ready statistics."""
+
+    keep: list[int]
+    side: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    meta: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A phase's result: the records the next phase reads, its side files and its statistics."""
+
+    records: list[Record]
+    side: dict[str, list[Record]] = dataclasses.field(default_factory=dict)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, records: Sequence[Record], selection: Selection) -> Outcome:
+        def pick(positions: list[int]) -> list[Record]:
+            return [records[i].with_meta(**selection.meta[i]) if i in selection.meta else records[i] for i in positions]
+
+        side = {name: pick(positions) for name, positions in selection.side.items()}
+        return cls(pick(selection.keep), side, selection.stats)
+
+
+MapStep = Callable[[list[Record], Kit], list[Mapped]]
+
+
+class Executor(Protocol):
+    def map(self, step: MapStep, records: list[Record]) -> list[Mapped]: ...
+
+
+@dataclasses.dataclass
+class Local:
+    """Runs `map` in this process, on all records at once."""
+
+    kit: Kit
+
+    def map(self, step: MapStep, records: list[Record]) -> list[Mapped]:
+        return step(records, self.kit) if records else []
+
+
+class Phase:
+    """A LIFT phase (or one the field adds). Subclasses set the class attributes and `map`/`select`.
+
+    An instance holds its parameters (an instance of `Params`), as a scikit-learn estimator does.
+    """
+
+    name: ClassVar[str]  # the command, the config section and the run folder's file names
+    title: ClassVar[str]  # as the paper (or the field) names it, for the report
+    Params: ClassVar[type]  # a frozen dataclass; its fields are the config keys and the command's options
+    order: ClassVar[int]  # place in `lift-local run`, ascending
+    roles: ClassVar[tuple[str, ...]] = ()  # models `map` uses: "rewriter", "judge", "embedder"
+    # Prompt templates by command-line option ("prompt", "answer_prompt") -> template name, in which
+    # {field} is the parameter's value; the user message of each must use the fields in `requires`.
+    prompts: ClassVar[dict[str, str]] = {}
+    requires: ClassVar[tuple[str, ...]] = ("instruction",)
+    sides: ClassVar[dict[str, str]] = {}  # side file -> what it holds (the command's option help)
+    help: ClassVar[str] = ""  # the command's help text
+
+    _registry: ClassVar[dict[str, type[Phase]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Phase._registry[cls.name] = cls
+
+    def __init__(self, params: Any = None):
+        self.params = self.Params() if params is None else params
+
+    def templates(self) -> dict[str, str]:
+        """The template each prompt option names, with this phase's parameters filled in."""
+        values = dataclasses.asdict(self.params)
+        return {option: template.format(**values) for option, template in self.prompts.items()}
+
+    def prompt(self, kit: Kit, option: str = "prompt") -> Prompt:
+        return kit.prompt(self.templates()[option], self.requires)
+
+    def map(self, batch: list[Record], kit: Kit) -> list[Mapped]:
+        raise NotImplementedError
+
+    def select(self, features: list[Any]) -> Selection:
+        raise NotImplementedError
+
+    def run(self, records: list[Record], executor: Executor) -> Outcome:
+        mapped = executor.map(self.map, records)
+        return Outcome.of([m.record for m in mapped], self.select([m.features for m in mapped]))
+
+    def summary(self, outcome: Outcome) -> list[str]:
+        """The lines its command prints after the phase ran."""
+        return []
+
+    def why_empty(self, outcome: Outcome) -> str:
+        """Why the phase kept no record, for its command's error."""
+        return f"{self.name} kept no record"
+
+    @classmethod
+    def notes(cls, stats: dict[str, Any]) -> str:
+        """One line for the report's table of phases, of what has no figure of its own."""
+        return ""
+
+    @classmethod
+    def warnings(cls, entry: PhaseEntry) -> list[str]:
+        """HTML warnings for the top of the report, e.g. about LIFT's known weaknesses."""
+        return []
+
+    @classmethod
+    def report(cls, run: RunFolder) -> tuple[str, list[Plot]] | None:
+        """The phase's section of the report (HTML and figures) where it finished; None: it has none."""
+        return None
+
+
+def all_phases() -> list[type[Phase]]:
+    """Every phase, in run order: the modules of this package, and any other module that defined one."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return sorted(Phase._registry.values(), key=lambda cls: cls.order)
+
+
+def phase_named(name: str) -> type[Phase]:
+    phases = {cls.name: cls for cls in all_phases()}
+    return phases[name]

@@ -1,0 +1,511 @@
+"""LIFT phase 4, quality compression: keep the N records with the best judge score and length score.
+
+The judge replies in JSON constrained to one bounded integer per dimension; the total is computed here,
+never taken from the judge. A reply that does not parse is never a score: the judge is asked again (with
+another seed, at `retry_temperature`) up to `retries` times, and a record still without a valid reply is
+reported and left out of the ranking. Each record keeps the raw reply, the parse status and the retry count.
+
+Judges tend to give near-uniform scores (LIFT.md, known weaknesses), which makes the selection little better
+than random: the result carries every dimension's distribution, a warning when the totals are nearly
+uniform, and a random subset of the same size to compare against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import report
+from ..llm import ChatModel, Sampling, check_sampling
+from ..manifest import PhaseEntry
+from ..prompts import Prompt
+from ..records import Record
+from ..report import Plot, RunFolder
+from . import GenerationParams, Kit, Mapped, Outcome, Phase, Selection, option
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# LIFT's rubric: dimension -> maximum score; the maxima add up to 100.
+DIMENSIONS = {"clarity": 15, "difficulty": 25, "explanation": 25, "accuracy": 35}
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        name: {"type": "integer", "minimum": 0, "maximum": top} for name, top in DIMENSIONS.items()
+    },
+    "required": list(DIMENSIONS),
+    "additionalProperties": False,
+}
+# Totals are "nearly uniform" when their standard deviation is below UNIFORM_STD points (of 100), or when
+# one total is shared by more than UNIFORM_SHARE of the scored records.
+UNIFORM_STD = 3.0
+UNIFORM_SHARE = 0.5
+_BARS = " ▁▂▃▄▅▆▇█"
+_UNANSWERED = ("truncated", "prompt_too_long")  # reply statuses that explain a reply that does not parse
+
+
+def _count_or_fraction(value: str) -> int | float:
+    return int(value) if value.strip().isdigit() else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityParams(GenerationParams):
+    top: int | float = option(
+        10_000, "How many records to keep: a number (10000) or a fraction of IN (0.5).", flags=("-n",),
+        metavar="N|FRACTION", parse=_count_or_fraction,
+    )  # the paper: 10k for code, 15k for NLU
+    retries: int = option(
+        2, "Extra requests for a record whose judge reply is not valid; each retry uses another seed.", low=0
+    )
+    judge_weight: float = option(0.9, "Weight of the judge's total (0-100) in the final quality.", low=0)
+    length_weight: float = option(0.1, "Weight of the length score (0-100) in the final quality.", low=0)
+    length_percentile: float = option(
+        98.0, "Records at least as long as this percentile of IN's lengths get the full length score.",
+        low=0, low_open=True, high=100,
+    )  # T
+    # First request greedy, so the judge's most likely scores; a retry must be able to differ from the
+    # failed reply; the JSON of four integers needs about 30 tokens.
+    temperature: float = option(0.0, "Sampling temperature of the first request.", low=0, high=2)
+    retry_temperature: float = option(
+        0.7, "Sampling temperature of the retries (above 0, or a retry repeats the failed reply).", low=0, high=2
+    )
+    max_tokens: int = option(96, "Longest judge reply in tokens; a reply cut off there is not a score.", low=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        count = isinstance(self.top, int) and not isinstance(self.top, bool) and self.top >= 1
+        fraction = isinstance(self.top, float) and 0 < self.top <= 1
+        if not (count or fraction):
+            raise ValueError(f"top must be a count of at least 1 or a fraction in (0, 1], got {self.top!r}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be at least 0, got {self.retries}")
+        if self.judge_weight < 0 or self.length_weight < 0:
+            raise ValueError("judge_weight and length_weight must not be negative")
+        if not 0 < self.length_percentile <= 100:
+            raise ValueError(f"length_percentile must be in (0, 100], got {self.length_percentile}")
+        check_sampling(self.retry_temperature, self.max_tokens, name="retry_temperature")
+
+    def count(self, records: int) -> int:
+        """N for a data set of `records` records."""
+        if isinstance(self.top, float):
+            return max(1, round(self.top * records))
+        return self.top
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The judge's verdict on one record, as `meta["judge"]` holds it. `scores` and `total` are set only
+    when the status is 'ok': a reply that does not parse is never a score."""
+
+    status: str  # 'ok', a parse status of `parse_judge_reply`, 'truncated' or 'prompt_too_long'
+    raw: str
+    retries: int
+    model: str
+    scores: dict[str, int] | None = None
+    total: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Verdict:
+        return cls(**{field.name: data.get(field.name) for field in dataclasses.fields(cls)})
+
+    @classmethod
+    def of(cls, record: Record) -> Verdict | None:
+        """The verdict a record carries, if the judge has seen it."""
+        data = record.meta.get("judge")
+        return cls.from_json(data) if isinstance(data, dict) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    """What `select` needs of a judged record."""
+
+    status: str
+    scores: dict[str, int] | None
+    total: int | None
+    length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """The distribution of one score over the judged records."""
+
+    name: str
+    maximum: float
+    count: int
+    mean: float | None  # None when nothing was scored
+    std: float | None
+    min: float | None
+    max: float | None
+    histogram: list[int]  # counts in 10 equal bins over [0, maximum]
+
+    @classmethod
+    def of(cls, name: str, maximum: float, values: list[float]) -> Summary:
+        v = np.asarray(values, dtype=float)
+        counts = np.histogram(v, bins=10, range=(0, maximum))[0].tolist()
+        if not len(v):
+            return cls(name, maximum, 0, None, None, None, None, counts)
+        mean, std, low, high = (float(f(v)) for f in (np.mean, np.std, np.min, np.max))
+        return cls(name, maximum, len(v), mean, std, low, high, counts)
+
+    def line(self) -> str:
+        """One line: range, mean, spread and a histogram from 0 (left) to the maximum (right)."""
+        if not self.count:
+            return f"{self.name:<12} 0-{self.maximum:<4g} no scores"
+        peak = max(self.histogram)
+        bars = "".join(_BARS[0 if c == 0 else max(1, round(8 * c / peak))] for c in self.histogram)
+        return (
+            f"{self.name:<12} 0-{self.maximum:<4g} mean {self.mean:5.1f}  sd {self.std:4.1f}  "
+            f"min {self.min:5.1f}  max {self.max:5.1f}  |{bars}|"
+        )
+
+
+class Quality(Phase):
+    name = "quality"
+    title = "Quality compression"
+    Params = QualityParams
+    order = 60
+    roles = ("judge",)
+    prompts = {"prompt": "judge"}
+    requires = ("instruction", "output")  # a judge must see the answer it scores
+    sides = {
+        "scores": "Also write every record with its judge verdict to this file: best first, then those the "
+        "judge failed on.",
+        "baseline": "Also write a random subset of IN of the same size to this file, to compare the selection with.",
+    }
+    help = """LIFT phase 4: the judge scores every record of IN; the N with the best final quality go to OUT
+    (JSONL), shuffled.
+
+    The judge gives four scores in JSON: clarity 0-15, difficulty 0-25, explanation 0-25, accuracy 0-35;
+    their sum is its total. Final quality = judge weight x total + length weight x length score, where
+    the length score is 100 x L / T (at most 100), L a record's characters without tabs and newlines, T
+    the length percentile of L over IN. A reply that is not valid is asked again (--retries); a record
+    still without a valid reply is reported and never kept. Kept records carry lift.judge (scores,
+    total, raw reply, status, retries), lift.length_score and lift.quality.
+
+    Prints each score's distribution, and warns when the judge's totals are nearly uniform.
+    """
+
+    def map(self, batch: list[Record], kit: Kit) -> list[Mapped]:
+        verdicts = judge_records(batch, kit.chat("judge"), self.params, self.prompt(kit))
+        return [
+            Mapped(record.with_meta(judge=verdict.to_json()), Judged(verdict.status, verdict.scores, verdict.total, record_length(record)))
+            for record, verdict in zip(batch, verdicts, strict=True)
+        ]
+
+    def select(self, features: list[Judged]) -> Selection:
+        """The top N by final quality, shuffled; the scored records best first; a random baseline."""
+        params = self.params
+        lengths = [f.length for f in features]
+        threshold = float(np.percentile(lengths, params.length_percentile)) if features else 0.0
+        meta, ranked, failures = {}, [], []
+        for i, f in enumerate(features):
+            if f.status != "ok":
+                failures.append(i)
+                continue
+            score = length_score(f.length, threshold)
+            meta[i] = {"length_score": score, "quality": params.judge_weight * f.total + params.length_weight * score}
+            ranked.append(i)
+        ranked.sort(key=lambda i: -meta[i]["quality"])  # stable: equal scores keep their input order
+
+        rng = random.Random(params.seed)
+        wanted = params.count(len(features))
+        kept = ranked[:wanted]
+        kept = rng.sample(kept, len(kept))
+        baseline = rng.sample(range(len(features)), len(kept))
+
+        totals = [features[i].total for i in ranked]
+        summaries = [Summary.of(name, top, [features[i].scores[name] for i in ranked]) for name, top in DIMENSIONS.items()]
+        summaries.append(Summary.of("total", 100, totals))
+        best = 100 * (params.judge_weight + params.length_weight)
+        summaries.append(Summary.of("quality", best, [meta[i]["quality"] for i in ranked]))
+        warnings = uniformity_warnings(totals)
+        if wanted > len(ranked):
+            warnings.append(f"asked for {wanted} records but only {len(ranked)} were judged; kept all of them")
+        stats = {
+            "records": len(features),
+            "ok": len(ranked),
+            "failed": dict(Counter(features[i].status for i in failures)),
+            "kept": len(kept),
+            "length_T": threshold,
+            "uniform_warning": bool(uniformity_warnings(totals)),
+            "scores": {s.name: dataclasses.asdict(s) for s in summaries},
+            "warnings": warnings,
+        }
+        return Selection(kept, {"scores": ranked + failures, "baseline": baseline}, meta, stats)
+
+    def summary(self, outcome: Outcome) -> list[str]:
+        """Failures, every score's distribution, warnings."""
+        stats = outcome.stats
+        lines = [f"judged {stats['ok']} of {stats['records']} records; kept {stats['kept']}"]
+        if stats["failed"]:
+            counts = ", ".join(f"{n} {status}" for status, n in Counter(stats["failed"]).most_common())
+            lines.append(f"no valid judge reply after retries: {counts} (left out of the ranking)")
+        lines += [Summary(**s).line() for s in stats["scores"].values()]
+        lines += [f"warning: {w}" for w in stats["warnings"]]
+        return lines
+
+    def why_empty(self, outcome: Outcome) -> str:
+        counts = ", ".join(f"{n} {status}" for status, n in Counter(outcome.stats["failed"]).most_common())
+        return f"the judge gave no valid reply for any of {outcome.stats['records']} records ({counts})"
+
+    @classmethod
+    def notes(cls, stats: dict[str, Any]) -> str:
+        failed = stats.get("failed", {})
+        return (
+            f"judged {stats['ok']}, failed {sum(failed.values())}"
+            + (f" ({', '.join(f'{k}={v}' for k, v in failed.items())})" if failed else "")
+            + f"; length T = {stats['length_T']:.4g} characters"
+        )
+
+    @classmethod
+    def warnings(cls, entry: PhaseEntry) -> list[str]:
+        return _warnings(entry)
+
+    @classmethod
+    def report(cls, run: RunFolder) -> tuple[str, list[Plot]]:
+        return _report(run)
+
+
+def judge_records(records: list[Record], judge: ChatModel, params: QualityParams, prompt: Prompt) -> list[Verdict]:
+    """One verdict per record; each retry asks again only for the failures.
+
+    A status is 'ok', a parse status of `parse_judge_reply`, or 'truncated' / 'prompt_too_long' when the
+    reply was cut off or never came; the latter is not asked again.
+    """
+    conversations = [prompt.conversation(r.instruction, r.input, r.output) for r in records]
+    verdicts: list[Verdict | None] = [None] * len(records)
+    pending = list(range(len(records)))
+    for attempt in range(params.retries + 1):
+        if not pending:
+            break
+        sampling = Sampling(
+            temperature=params.temperature if attempt == 0 else params.retry_temperature,
+            max_tokens=params.max_tokens,
+            seed=params.seed + attempt,
+        )
+        label = "quality: judge" if attempt == 0 else f"quality: judge retry {attempt}"
+        asked = [conversations[i] for i in pending]
+        replies = judge.chat(asked, sampling, json_schema=JUDGE_SCHEMA, label=label)
+        for index, reply in zip(pending, replies, strict=True):
+            status, scores = parse_judge_reply(reply.text)
+            if status != "ok" and reply.status in _UNANSWERED:
+                status = reply.status
+            total = sum(scores.values()) if scores is not None else None
+            verdicts[index] = Verdict(status, reply.text, attempt, judge.name, scores, total)
+        # Asking again cannot shorten a prompt the model does not accept.
+        pending = [i for i in pending if verdicts[i].status not in ("ok", "prompt_too_long")]
+    return verdicts  # type: ignore[return-value]
+
+
+def parse_judge_reply(text: str) -> tuple[str, dict[str, int] | None]:
+    """(status, scores): 'ok' with every dimension's integer score, or why the reply is not a score.
+
+    Statuses: empty, invalid_json (no JSON object in the text), missing_field, not_integer, out_of_range.
+    Text around the JSON object (a code fence, a sentence) is ignored; so are keys beyond the rubric.
+    """
+    if not text.strip():
+        return "empty", None
+    found = _first_json_object(text)
+    if found is None:
+        return "invalid_json", None
+    if any(name not in found for name in DIMENSIONS):
+        return "missing_field", None
+    scores = {}
+    for name, top in DIMENSIONS.items():
+        value = found[name]
+        # JSON Schema counts 12.0 as an integer; True is a bool, not a score.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            return "not_integer", None
+        if not 0 <= value <= top:
+            return "out_of_range", None
+        scores[name] = int(value)
+    return "ok", scores
+
+
+def _first_json_object(text: str) -> dict[str, Any] | None:
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+            return value
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+    return None
+
+
+def record_length(record: Record) -> int:
+    """L: characters of instruction, input and output, tabs and newlines not counted (as in the paper)."""
+    text = record.instruction + record.input + record.output
+    return len(text.replace("\t", "").replace("\n", ""))
+
+
+def length_score(length: int, threshold: float) -> float:
+    """100 for a record at least as long as T, else proportionally less."""
+    if length >= threshold:
+        return 100.0
+    return 100.0 * length / threshold
+
+
+def uniformity_warnings(totals: list[int]) -> list[str]:
+    if len(totals) < 2:
+        return []
+    std = float(np.std(totals))
+    value, count = Counter(totals).most_common(1)[0]
+    share = count / len(totals)
+    if std >= UNIFORM_STD and share <= UNIFORM_SHARE:
+        return []
+    return [
+        f"the judge's totals are nearly uniform (sd {std:.1f} points, {share:.0%} of records share the total "
+        f"{value}; warning below sd {UNIFORM_STD:g} or above {UNIFORM_SHARE:.0%}): the selection is little "
+        "better than the random baseline; use a stronger judge"
+    ]
+
+
+# --- the report ---
+
+
+def _report(run: RunFolder) -> tuple[str, list[Plot]]:
+    entry = run.done("quality")
+    scored = run.records("quality", "scores")
+    kept_ids = {record.id for record in run.records("quality")}
+    judged = [r for r in scored if _judged(r)]
+    failed = [r for r in scored if not _judged(r)]
+    plots = []
+    if judged:
+        figure = _dimensions_figure({dim: [Verdict.of(r).scores[dim] for r in judged] for dim in DIMENSIONS})
+        alt = "Four histograms of the judge's scores on clarity, difficulty, explanation and accuracy."
+        caption = (
+            "The judge's score on each dimension, over its full range. A judge that gives everyone the same "
+            "score makes quality selection no better than random; look for spread."
+        )
+        plots.append(report.as_plot("judge_dimensions", figure, alt=alt, caption=caption))
+
+        kept_quality = [r.meta["quality"] for r in judged if r.id in kept_ids]
+        rest_quality = [r.meta["quality"] for r in judged if r.id not in kept_ids]
+        cutoff = min(kept_quality) if kept_quality else None
+        totals = [Verdict.of(r).total for r in judged]
+        figure = _scores_figure(
+            totals, report.meta_values(scored, "length_score"), kept_quality, rest_quality, cutoff
+        )
+        alt = "Histograms of judge total, length score and final quality, with the kept records' cut-off."
+        params = entry.params
+        weights = (
+            f"{params.get('judge_weight', 0.9):g} × judge + {params.get('length_weight', 0.1):g} × length"
+        )
+        caption = (
+            f"Judge total, length score and final quality = {weights}. "
+            f"The top {len(kept_ids)} by final quality are kept"
+            + (f": every kept record scores at least {cutoff:.1f}." if cutoff is not None else ".")
+            + " When the judge's totals bunch together, the length score decides most of the selection."
+        )
+        plots.append(report.as_plot("scores", figure, alt=alt, caption=caption))
+    ranked = sorted(judged, key=lambda r: r.meta["quality"], reverse=True)
+    examples = report.examples_html(
+        ("Kept: highest quality", "kept", ranked[:report.EXAMPLES]),
+        ("Not kept: lowest quality", "dropped", ranked[::-1][:report.EXAMPLES]),
+        facts=_quality_facts,
+    )
+    parts = ["<h2>Quality compression</h2>", *map(report.figure_html, plots), examples]
+    if "baseline" in entry.side:
+        parts.append(
+            f"<p>A random subset of the same size, to compare with: <code>{report.e(entry.side['baseline'])}</code>.</p>"
+        )
+    if failed:
+        counts = Counter(Verdict.of(r).status for r in failed)
+        parts.append(f"<h3>Judge failures ({len(failed)}: {report.e(report.compact(dict(counts)))})</h3>")
+        parts.append("<p>The judge's replies that gave no score, first of them:</p>")
+        parts.append(
+            f'<div class="examples">{report.cards_html(failed[:report.EXAMPLES], "dropped", _failure_facts, _raw_reply)}</div>'
+        )
+    return "\n".join(parts), plots
+
+
+def _dimensions_figure(scores: dict[str, list[int]]) -> Figure:
+    figure, axes = report.new_figure(10, 2.6, ncols=len(scores), histogram=True)
+    for ax, (dim, values) in zip(axes, scores.items(), strict=True):
+        top = DIMENSIONS[dim]
+        ax.hist(values, bins=np.arange(-0.5, top + 1.5), color=report.BLUE)
+        ax.set_xlim(-0.5, top + 0.5)
+        ax.set_xticks(np.linspace(0, top, 6))  # up to the maximum: a judge avoiding full marks leaves a gap
+        ax.xaxis.set_major_formatter("{x:g}")
+        ax.set_title(f"{dim} (0–{top})")
+        ax.set_xlabel(f"mean {np.mean(values):.1f}, sd {np.std(values):.1f}")
+    axes[0].set_ylabel("records")
+    return figure
+
+
+def _scores_figure(
+    totals: list[int], lengths: list[float], kept: list[float], rest: list[float], cutoff: float | None
+) -> Figure:
+    figure, (total_ax, length_ax, final_ax) = report.new_figure(10, 2.8, ncols=3, histogram=True)
+    bins = np.linspace(0, 100, 41)
+    total_ax.hist(totals, bins=bins, color=report.BLUE)
+    total_ax.set(title="judge total", xlabel="score", ylabel="records")
+    length_ax.hist(lengths, bins=bins, color=report.BLUE)
+    length_ax.set(title="length score", xlabel="score")
+    report.selection_histogram(final_ax, kept, rest, bins, "not kept", cutoff, "cut-off {:.1f}")
+    final_ax.set(title="final quality", xlabel="score")
+    final_ax.legend(frameon=False, loc="upper left")
+    for ax in (total_ax, length_ax, final_ax):
+        ax.set_xlim(0, 100)
+    return figure
+
+
+def _quality_facts(record: Record) -> list[tuple[str, str]]:
+    verdict = Verdict.of(record)
+    dims = ", ".join(f"{dim[:4]} {verdict.scores[dim]}" for dim in DIMENSIONS)
+    return [
+        ("quality", f"{record.meta['quality']:.1f}"),
+        ("judge", f"{verdict.total} ({dims})"),
+        ("length", f"{record.meta.get('length_score', 0):.0f}"),
+    ]
+
+
+def _failure_facts(record: Record) -> list[tuple[str, str]]:
+    verdict = Verdict.of(record)
+    return [("status", verdict.status), ("retries", str(verdict.retries))]
+
+
+def _raw_reply(record: Record) -> list[tuple[str, str]]:
+    return [("judge reply", Verdict.of(record).raw)]
+
+
+def _judged(record: Record) -> bool:
+    verdict = Verdict.of(record)
+    return verdict is not None and verdict.ok and "quality" in record.meta
+
+
+def _warnings(entry: PhaseEntry) -> list[str]:
+    stats = entry.stats
+    # The phase words its own warnings, a near-uniform judge among them; older manifests have only the flag.
+    uniform = ["the judge's totals are nearly uniform"] if stats.get("uniform_warning") else []
+    texts = stats.get("warnings", uniform)
+    found = []
+    if texts:
+        found.append(f"<b>Quality compression:</b> {'; '.join(map(report.e, texts))}.")
+        if stats.get("uniform_warning") and "baseline" in entry.side:
+            found[-1] += (
+                " Compare the curated set with the random subset of the same size in "
+                f"<code>{report.e(entry.side['baseline'])}</code>."
+            )
+    failed = stats.get("failed", {})
+    if sum(failed.values()):
+        found.append(
+            f"<b>The judge's reply could not be used for {sum(failed.values())} of "
+            f"{stats.get('ok', 0) + sum(failed.values())} records</b> ({report.e(report.compact(failed))}). "
+            "They have no score; the first of their raw replies are shown under Quality compression."
+        )
+    return found
