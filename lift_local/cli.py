@@ -12,6 +12,7 @@ import inspect
 import os
 import signal
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from . import exports, models, pipeline
 from .config import load_config
 from .errors import InputError, LiftError, NothingSelected
 from .phases import Local, Phase, all_phases
-from .phases.quality import QualityParams
+from .phases.quality import QualityParams, count_or_fraction
 from .records import atomic_path, read_records, write_records
 from .report import write_report
 from .workbench import ModelsConfig, Workbench
@@ -77,13 +78,6 @@ def _params(cls: type, **values):
         raise click.UsageError(str(err)) from None
 
 
-def _count_or_fraction(ctx: click.Context, param: click.Parameter, value: str) -> int | float:
-    try:
-        return int(value) if value.strip().isdigit() else float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a count nor a fraction") from None
-
-
 def _torch_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A mistyped device, or CUDA where there is none, is a usage error now, not a traceback later."""
     if value is None:
@@ -99,6 +93,18 @@ def _torch_device(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def _parsing(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback that reads the text with `parse`; its ValueError is a usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        try:
+            return parse(value) if isinstance(value, str) else value
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return callback
+
+
 # --- a command for every phase ---
 
 
@@ -107,13 +113,7 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
     meta = field.metadata
     kind: Any = hint
     if "parse" in meta:
-        def parse(ctx, param, value, parse=meta["parse"]):
-            try:
-                return parse(value)
-            except ValueError:
-                raise click.BadParameter(f"{value!r} is not valid") from None
-
-        kind, callback = str, parse
+        kind, callback = str, _parsing(meta["parse"])
     else:
         callback = None
         if typing.get_origin(hint) is typing.Literal:
@@ -121,10 +121,11 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
         elif hint in (int, float) and ("low" in meta or "high" in meta):
             ranged = click.IntRange if hint is int else click.FloatRange
             kind = ranged(meta.get("low"), meta.get("high"), min_open=meta.get("low_open", False))
+    # A required option has no default: Click takes even None as a given value.
+    default = {"required": True} if meta.get("required") else {"default": field.default}
     return click.Option(
         [f"--{field.name.replace('_', '-')}", *meta.get("flags", ()), field.name],
-        type=kind, callback=callback, default=None if meta.get("required") else field.default,
-        required=meta.get("required", False), metavar=meta.get("metavar"), help=meta.get("help"),
+        type=kind, callback=callback, metavar=meta.get("metavar"), help=meta.get("help"), **default,
     )
 
 
@@ -321,7 +322,7 @@ def report_command(run_dir) -> None:
     "--top",
     metavar="N|FRACTION",
     default="0.5",
-    callback=_count_or_fraction,
+    callback=_parsing(count_or_fraction),
     help="Size of the selections compared, as `quality --top`: a number of records (10000) or a fraction of "
     "those matched (0.5).",
 )

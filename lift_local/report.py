@@ -66,9 +66,7 @@ def write_report(run_dir: Path | str) -> Path:
     run = RunFolder(Path(run_dir))
     with rc_context(STYLE):
         sections = [_overview(run), _funnel_section(run)]
-        for cls in all_phases():
-            if cls.name in run.phases:
-                sections.append(_phase_section(run, cls))
+        sections += [_phase_section(run, cls) for cls in all_phases()]
     body = "\n".join(text for text, _ in sections)
     plots = [plot for _, section_plots in sections for plot in section_plots]
     figures_dir = run.path / FIGURES

@@ -113,7 +113,7 @@ def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, 
                  tmp: Path) -> EngineResult:
     """lift-local's judge step (and bare `LLM.chat`, alternating) on one engine, which is shut down after."""
     from lift_local import llm
-    from lift_local.quality import JUDGE_SCHEMA, judge_records
+    from lift_local.phases.quality import JUDGE_SCHEMA, judge_records
     from lift_local.store import Store
 
     # With caching on, exactly the production engine; off differs from it in that one setting.
@@ -184,7 +184,7 @@ def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lift_local import models
-    from lift_local.quality import parse_judge_reply
+    from lift_local.phases.quality import parse_judge_reply
 
     torch.set_num_threads(threads)
     folder = models.ensure_present(models.resolve("judge"))
@@ -241,7 +241,7 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
            hfs: list[HFResult]) -> str:
     from lift_local import models
     from lift_local.llm import engine_settings
-    from lift_local.quality import QualityParams
+    from lift_local.phases.quality import QualityParams
 
     params = QualityParams()
     settings = engine_settings(models.resolve("judge").vllm)
@@ -385,7 +385,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from lift_local.prompts import load_prompt
-    from lift_local.quality import PROMPT_FIELDS, QualityParams
+    from lift_local.phases.quality import PROMPT_FIELDS, QualityParams
 
     started, loads = datetime.datetime.now(), {"start": load()}
     records, warm = load_records(args.records)

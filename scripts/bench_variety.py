@@ -116,7 +116,7 @@ def memory_bytes(field: str) -> int:
 
 def select_child(n: int, repeats: int) -> None:
     """Runs in its own process: times `select` on n rows and reports the process's peak RSS, as JSON."""
-    from lift_local.variety import VarietyParams, select
+    from lift_local.phases.variety import VarietyParams, select
 
     embeddings = synthetic_embeddings(n)
     rss_before = memory_bytes("VmRSS")

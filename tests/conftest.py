@@ -18,7 +18,8 @@ def smollm():
     It is the engine `load_chat_model` keeps for this model, so CLI commands run in the same process
     (click's CliRunner) with `--rewriter/--judge smollm2-135m-instruct` reuse it instead of starting another.
     """
-    from lift_local.llm import close_engines, load_chat_model
+    from lift_local.llm import load_chat_model
+    from lift_local.llm.inprocess import close_engines
 
     model = load_chat_model("rewriter", SMOLLM)
     yield model

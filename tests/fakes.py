@@ -9,6 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lift_local.llm import Conversation, OnReply, Reply, Sampling
+from lift_local.phases import Local, Outcome, Phase
+from lift_local.prompts import load_prompt
+from lift_local.records import Record
 
 
 @dataclasses.dataclass
@@ -92,3 +95,24 @@ def last_user_message(conversation: Conversation) -> str:
 def json_reply(**fields: Any) -> str:
     """Convenience for canned structured replies: `json_reply(score=4)` -> '{"score": 4}'."""
     return json.dumps(fields)
+
+
+class FakeKit:
+    """A `Kit` of the given models (fakes or real) and the bundled prompts, without caches."""
+
+    def __init__(self, **models: Any):
+        self.models = models
+
+    def chat(self, role: str):
+        return self.models[role]
+
+    def embedder(self):
+        return self.models["embedder"]
+
+    def prompt(self, name: str, requires: tuple[str, ...]):
+        return load_prompt(name, requires)
+
+
+def run_phase(phase: Phase, records: list[Record], **models: Any) -> Outcome:
+    """A phase composed in process, as `lift-local run` does, with the models given by role."""
+    return phase.run(records, Local(FakeKit(**models)))

@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fakes import FakeChat, last_user_message
+from fakes import FakeChat, last_user_message, run_phase
 from matplotlib.image import imread
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
 from lift_local.cli import main
 from lift_local.compare import NothingToCompare, ScoreTable, compare, format_report, load_scores
-from lift_local.prompts import load_prompt
-from lift_local.quality import DIMENSIONS, QualityParams, quality
+from lift_local.phases.quality import DIMENSIONS, Quality, QualityParams
 from lift_local.records import read_records, write_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -277,8 +276,8 @@ def test_reads_what_the_quality_phase_writes(code_alpaca, tmp_path):
         scores = next(v for instruction, v in by_instruction.items() if instruction in user)
         return json.dumps(scores) if scores else "I cannot score this."
 
-    result = quality(records, FakeChat(respond), QualityParams(top=20, retries=1), load_prompt("judge"))
-    write_records(tmp_path / "scores.jsonl", result.scored)
+    outcome = run_phase(Quality(QualityParams(top=20, retries=1)), records, judge=FakeChat(respond))
+    write_records(tmp_path / "scores.jsonl", outcome.side["scores"])
     write_records(tmp_path / "records.jsonl", records)
     totals = [sum(v.values()) if v else None for v in by_instruction.values()]
     write(tmp_path / "gpt_scores.txt", "".join(f"{i}\t{t}\n" for i, t in enumerate(totals) if t is not None))
@@ -293,7 +292,7 @@ def test_reads_what_the_quality_phase_writes(code_alpaca, tmp_path):
     assert list(comparison.dimensions) == []  # the reference scripts keep totals only
 
     final = load_scores(tmp_path / "scores.jsonl", field="quality")
-    assert final.totals == pytest.approx({r.id: r.meta["quality"] for r in result.ranked})
+    assert final.totals == pytest.approx({r.id: r.meta["quality"] for r in outcome.side["scores"] if "quality" in r.meta})
 
 
 # --- the command ---

@@ -3,11 +3,10 @@
 import pytest
 from click.testing import CliRunner
 
-from fakes import FakeChat, last_user_message
+from fakes import FakeChat, last_user_message, run_phase
 from lift_local.cli import main
-from lift_local.enhance import EnhanceParams, enhance
+from lift_local.phases.enhance import Enhance, EnhanceParams
 from lift_local.llm import PROMPT_TOO_LONG
-from lift_local.prompts import load_prompt
 from lift_local.records import Record, content_id, read_records
 
 
@@ -16,13 +15,15 @@ def record(instruction, input="", output="old answer"):
                   meta={"origin": "original", "source": {"file": "x.json", "index": 0}})
 
 
-PROMPT = load_prompt("enhance")
+
+def enhance(records, rewriter, params):
+    return run_phase(Enhance(params), records, rewriter=rewriter)
 
 
 def test_every_record_gets_a_new_answer_and_keeps_its_original_and_provenance():
     records = [record("Add 1 and 2."), record("Reverse a list.", "[1, 2]")]
     rewriter = FakeChat(lambda c: f"  better answer to: {last_user_message(c)}\n")
-    result = enhance(records, rewriter, EnhanceParams(), PROMPT)
+    result = enhance(records, rewriter, EnhanceParams())
     assert [r.output for r in result.records] == [
         "better answer to: Add 1 and 2.",
         "better answer to: Reverse a list.\n\nInput:\n[1, 2]",
@@ -40,7 +41,7 @@ def test_every_record_gets_a_new_answer_and_keeps_its_original_and_provenance():
 def test_all_records_go_in_one_call_with_the_params_sampling():
     records = [record(f"Task {i}.") for i in range(5)]
     rewriter = FakeChat(lambda c: "answer")
-    enhance(records, rewriter, EnhanceParams(temperature=0.3, max_tokens=77, seed=5), PROMPT)
+    enhance(records, rewriter, EnhanceParams(temperature=0.3, max_tokens=77, seed=5))
     assert len(rewriter.calls) == 1
     call = rewriter.calls[0]
     assert len(call.conversations) == 5
@@ -51,7 +52,7 @@ def test_all_records_go_in_one_call_with_the_params_sampling():
 def test_empty_replies_keep_the_original_answer_and_are_counted():
     replies = {"A.": "fine", "B.": "   \n", "C.": ""}
     rewriter = FakeChat(lambda c: replies[last_user_message(c)])
-    result = enhance([record(i) for i in replies], rewriter, EnhanceParams(), PROMPT)
+    result = enhance([record(i) for i in replies], rewriter, EnhanceParams())
     assert [r.output for r in result.records] == ["fine", "old answer", "old answer"]
     assert [r.meta["enhance_status"] for r in result.records] == ["ok", "empty", "empty"]
     assert result.stats == {"records": 3, "ok": 1, "unchanged": {"empty": 2}}
@@ -59,7 +60,7 @@ def test_empty_replies_keep_the_original_answer_and_are_counted():
 
 def test_replies_cut_off_at_max_tokens_keep_the_original_answer_and_are_counted():
     rewriter = FakeChat(lambda c: "half an ans", finish_reason="length")
-    result = enhance([record("A."), record("B.")], rewriter, EnhanceParams(), PROMPT)
+    result = enhance([record("A."), record("B.")], rewriter, EnhanceParams())
     assert [r.output for r in result.records] == ["old answer", "old answer"]
     assert [r.meta["enhance_status"] for r in result.records] == ["truncated", "truncated"]
     assert result.stats == {"records": 2, "ok": 0, "unchanged": {"truncated": 2}}
@@ -67,14 +68,14 @@ def test_replies_cut_off_at_max_tokens_keep_the_original_answer_and_are_counted(
 
 def test_a_prompt_too_long_for_the_model_keeps_the_original_answer_and_is_counted():
     rewriter = FakeChat(lambda c: "", finish_reason=PROMPT_TOO_LONG)
-    result = enhance([record("A.")], rewriter, EnhanceParams(), PROMPT)
+    result = enhance([record("A.")], rewriter, EnhanceParams())
     assert result.records[0].output == "old answer"
     assert result.stats["unchanged"] == {"prompt_too_long": 1}
 
 
 def test_enhancing_twice_keeps_the_first_original_answer():
-    once = enhance([record("A.")], FakeChat(["first"]), EnhanceParams(), PROMPT).records
-    twice = enhance(once, FakeChat(["second"]), EnhanceParams(), PROMPT).records
+    once = enhance([record("A.")], FakeChat(["first"]), EnhanceParams()).records
+    twice = enhance(once, FakeChat(["second"]), EnhanceParams()).records
     assert twice[0].output == "second"
     assert twice[0].meta["original_output"] == "old answer"
 

@@ -3,15 +3,18 @@
 import pytest
 from click.testing import CliRunner
 
-from fakes import FakeChat, last_user_message
+from fakes import FakeChat, last_user_message, run_phase
 from lift_local.cli import main
-from lift_local.expand import ExpandParams, expand, parse_rewrite
+from lift_local.phases.expand import Expand, ExpandParams, parse_rewrite
 from lift_local.llm import PROMPT_TOO_LONG
 from lift_local.prompts import load_prompt
 from lift_local.records import Record, content_id, read_records
 
 REWRITE = load_prompt("expand_nlu")
-ANSWER = load_prompt("enhance")
+
+
+def expand(records, rewriter, params):
+    return run_phase(Expand(params), records, rewriter=rewriter)
 
 
 def record(instruction, input="", output="an answer"):
@@ -58,7 +61,7 @@ def test_parse_rewrite(reply, expected):
 def test_two_rounds_give_each_new_record_its_round_parent_root_and_content_id():
     originals = [record("Why is the sky blue?"), record("Sum the list.", "[1, 2]")]
     rewriter = FakeChat(harder, name="rw")
-    result = expand(originals, rewriter, ExpandParams(rounds=2, task="nlu"), REWRITE, ANSWER)
+    result = expand(originals, rewriter, ExpandParams(rounds=2, task="nlu"))
 
     assert result.records[:2] == originals  # the input comes first, unchanged
     round1, round2 = result.records[2:4], result.records[4:]
@@ -83,7 +86,7 @@ def test_two_rounds_give_each_new_record_its_round_parent_root_and_content_id():
             }
             assert child.id == content_id(child.instruction, child.input, child.output)
     assert len({r.id for r in result.records}) == 6
-    assert [(r.round, r.parents, r.new, dict(r.unusable)) for r in result.rounds] == [
+    assert [(r["round"], r["parents"], r["new"], r["unusable"]) for r in result.stats["rounds"]] == [
         (1, 2, 2, {}),
         (2, 2, 2, {}),
     ]
@@ -92,7 +95,7 @@ def test_two_rounds_give_each_new_record_its_round_parent_root_and_content_id():
 def test_each_round_makes_one_call_for_all_rewrites_then_one_for_all_answers():
     rewriter = FakeChat(harder)
     params = ExpandParams(rounds=2, temperature=0.2, max_tokens=50, seed=9)
-    expand([record(f"Task {i}.") for i in range(3)], rewriter, params, REWRITE, ANSWER)
+    expand([record(f"Task {i}.") for i in range(3)], rewriter, params)
     calls = [(all(map(is_rewrite, call.conversations)), len(call.conversations)) for call in rewriter.calls]
     assert calls == [(True, 3), (False, 3), (True, 3), (False, 3)]
     samplings = {(c.sampling.temperature, c.sampling.max_tokens, c.sampling.seed) for c in rewriter.calls}
@@ -116,11 +119,11 @@ def test_unusable_rewrites_are_counted_per_reason_and_not_expanded_further():
         return "" if "nobody" in last_user_message(conversation) else "An answer."
 
     rewriter = FakeChat(respond)
-    result = expand([record(i) for i in rewrites], rewriter, ExpandParams(rounds=1), REWRITE, ANSWER)
-    [report] = result.rounds
+    result = expand([record(i) for i in rewrites], rewriter, ExpandParams(rounds=1))
+    [report] = result.stats["rounds"]
     counts = {"rewrite_empty": 1, "rewrite_identical": 1, "duplicate": 2, "answer_empty": 1}
-    assert dict(report.unusable) == counts
-    assert report.parents == 7 and report.new == 2
+    assert report["unusable"] == counts
+    assert report["parents"] == 7 and report["new"] == 2
     assert [r.instruction for r in result.records[7:]] == ["A shared task.", "A good harder task."]
     assert len(rewriter.calls[1].conversations) == 3  # only usable rewrites are answered
     assert result.stats["rounds"] == [{"round": 1, "parents": 7, "new": 2, "unusable": counts}]
@@ -128,29 +131,29 @@ def test_unusable_rewrites_are_counted_per_reason_and_not_expanded_further():
 
 def test_rewrites_cut_off_at_max_tokens_are_counted_and_expansion_stops_when_nothing_is_left():
     rewriter = FakeChat(harder, finish_reason="length")
-    result = expand([record("A."), record("B.")], rewriter, ExpandParams(rounds=3), REWRITE, ANSWER)
-    [report] = result.rounds  # round 1 left nothing for round 2 to rewrite
-    assert (report.parents, report.new, dict(report.unusable)) == (2, 0, {"rewrite_truncated": 2})
+    result = expand([record("A."), record("B.")], rewriter, ExpandParams(rounds=3))
+    [report] = result.stats["rounds"]  # round 1 left nothing for round 2 to rewrite
+    assert (report["parents"], report["new"], report["unusable"]) == (2, 0, {"rewrite_truncated": 2})
     assert len(result.records) == 2
 
 
 def test_records_too_long_for_the_model_are_counted():
     rewriter = FakeChat(lambda c: "", finish_reason=PROMPT_TOO_LONG)
-    result = expand([record("A.")], rewriter, ExpandParams(), REWRITE, ANSWER)
-    assert dict(result.rounds[0].unusable) == {"rewrite_prompt_too_long": 1}
+    result = expand([record("A.")], rewriter, ExpandParams())
+    assert result.stats["rounds"][0]["unusable"] == {"rewrite_prompt_too_long": 1}
 
 
 class TruncatesAnswers(FakeChat):
     """Rewrites finish normally; every answer is cut off at max_tokens."""
 
-    def chat(self, conversations, sampling, json_schema=None, on_reply=None):
+    def chat(self, conversations, sampling, json_schema=None, on_reply=None, label=""):
         self.finish_reason = "stop" if all(map(is_rewrite, conversations)) else "length"
-        return super().chat(conversations, sampling, json_schema, on_reply)
+        return super().chat(conversations, sampling, json_schema, on_reply, label)
 
 
 def test_answers_cut_off_at_max_tokens_are_counted():
-    result = expand([record("A."), record("B.")], TruncatesAnswers(harder), ExpandParams(), REWRITE, ANSWER)
-    assert dict(result.rounds[0].unusable) == {"answer_truncated": 2}
+    result = expand([record("A."), record("B.")], TruncatesAnswers(harder), ExpandParams())
+    assert result.stats["rounds"][0]["unusable"] == {"answer_truncated": 2}
     assert result.stats["new"] == 0
 
 

@@ -13,7 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fakes import FakeChat, FakeChatInterrupted, last_user_message
 
-from lift_local.llm import PROMPT_TOO_LONG, CachedChat, Reply, Sampling, ServerChat, reply_key
+from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling
+from lift_local.llm.cache import CachedChat, reply_key
+from lift_local.llm.server import ServerChat
 from lift_local.models import ModelError
 from lift_local.store import Store
 

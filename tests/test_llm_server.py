@@ -15,7 +15,9 @@ import pytest
 from conftest import SHARED_DATA
 
 from lift_local import models
-from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling, ServerChat, close_engines
+from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling
+from lift_local.llm.inprocess import close_engines
+from lift_local.llm.server import ServerChat
 from lift_local.records import read_records
 
 pytestmark = pytest.mark.vllm

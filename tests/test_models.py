@@ -11,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from lift_local import llm, models
+from lift_local.llm import inprocess
+from lift_local.llm.inprocess import close_engines
 from lift_local.cli import main
 
 
@@ -140,7 +142,7 @@ def test_bad_user_registry_names_the_file_and_the_problem(user_registry, text, p
     user_registry.write_text(text)
     with pytest.raises(models.ModelError, match=problem) as error:
         models.load_registry()
-    assert str(user_registry) in error.value.message
+    assert str(user_registry) in str(error.value)
 
 
 def test_models_command_lists_roles_and_presence(user_registry, tmp_path):
@@ -202,7 +204,7 @@ def stub_vllm(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=StubLLM))
     monkeypatch.setitem(sys.modules, "vllm.platforms", SimpleNamespace(current_platform=SimpleNamespace(is_cpu=lambda: True)))
-    monkeypatch.setattr(llm, "_ENGINES", {})
+    monkeypatch.setattr(inprocess, "_ENGINES", {})
     return events
 
 
@@ -217,5 +219,5 @@ def test_engines_start_on_first_use_one_at_a_time(stub_vllm, user_registry, tmp_
     cpu_defaults = {"enforce_eager": True, "kv_cache_memory_bytes": 2 * 1024**3, "enable_prefix_caching": True}
     assert stub_vllm[0][2].items() >= {**cpu_defaults, "max_model_len": 4096}.items()
     assert stub_vllm[2][2]["max_model_len"] == 1024
-    llm.close_engines()
+    close_engines()
     assert stub_vllm[-1] == ("stop", "a")

@@ -67,8 +67,8 @@ def test_full_run_writes_every_phase_manifest_report_and_exports(tmp_path, sampl
     run_dir = tmp_path / "run"
     curated = read_records(run_dir / "curated.jsonl")
     assert len(curated) == 6 and all("quality" in r.meta for r in curated)
-    assert len(read_records(run_dir / phases["quality"]["baseline"])) == 6
-    assert len(read_records(run_dir / phases["variety"]["dropped"])) == 16
+    assert len(read_records(run_dir / phases["quality"]["side"]["baseline"])) == 6
+    assert len(read_records(run_dir / phases["variety"]["side"]["dropped"])) == 16
     alpaca = json.loads((run_dir / "curated.alpaca.json").read_text())
     assert [row["output"] for row in alpaca] == [r.output for r in curated]
     messages = [json.loads(line) for line in (run_dir / "curated.messages.jsonl").read_text().splitlines()]
@@ -131,7 +131,7 @@ def test_skipped_phases_and_limit(tmp_path, sample, run):
     "config, expected",
     [
         ("[qualty]\ntop = 5\n", "unknown section [qualty]"),
-        ("[quality]\ntopp = 5\n", "[quality]: unknown key 'topp' (known: top,"),
+        ("[quality]\ntopp = 5\n", "[quality]: unknown key 'topp' (known: temperature, max_tokens, seed, top,"),
         ("[variety]\nvariance = 'half'\n", "[variety]: 'variance' must be a number, got 'half'"),
         ("[variety]\nvariance = 1.5\n", "variance must be a number in (0, 1], got 1.5"),
         ("[enhance]\nmax_tokens = 1.5\n", "[enhance]: 'max_tokens' must be an integer, got 1.5"),

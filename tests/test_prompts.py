@@ -2,8 +2,8 @@
 
 import pytest
 
-from lift_local.prompts import BUNDLED, Prompt, bundled_path, load_prompt
-from lift_local.quality import DIMENSIONS, PROMPT_FIELDS
+from lift_local.phases.quality import DIMENSIONS, Quality
+from lift_local.prompts import Prompt, bundled_names, bundled_path, load_prompt
 from lift_local.records import InputError
 
 
@@ -13,9 +13,9 @@ def write(tmp_path, text, name="mine.toml"):
     return path
 
 
-@pytest.mark.parametrize("name", BUNDLED)
+@pytest.mark.parametrize("name", bundled_names())
 def test_bundled_templates_load_and_render_a_record(name):
-    prompt = load_prompt(name, requires=PROMPT_FIELDS if name == "judge" else ("instruction",))
+    prompt = load_prompt(name, requires=Quality.requires if name == "judge" else ("instruction",))
     system, user = prompt.conversation("Sum the list.", "[1, 2]", "3")
     assert system == {"role": "system", "content": prompt.system}
     assert user["role"] == "user"
@@ -86,14 +86,14 @@ def test_bad_template_is_an_input_error_naming_the_file(tmp_path, text, problem)
     path = write(tmp_path, text)
     with pytest.raises(InputError) as caught:
         load_prompt(path)
-    assert str(path) in caught.value.message
-    assert problem in caught.value.message
+    assert str(path) in str(caught.value)
+    assert problem in str(caught.value)
 
 
 def test_judge_template_without_the_answer_is_refused(tmp_path):
     path = write(tmp_path, 'system = "s"\nuser = "$instruction$input_block"')
     with pytest.raises(InputError, match=r"must contain \$output"):
-        load_prompt(path, requires=PROMPT_FIELDS)
+        load_prompt(path, requires=Quality.requires)
 
 
 def test_missing_template_file(tmp_path):
@@ -102,7 +102,8 @@ def test_missing_template_file(tmp_path):
 
 
 def test_bundled_names_resolve_to_files_in_the_prompts_folder():
-    for name in BUNDLED:
+    assert bundled_names() == ["enhance", "expand_code", "expand_nlu", "judge"]
+    for name in bundled_names():
         assert bundled_path(name).name == f"{name}.toml"
     with pytest.raises(ValueError, match="bundled prompts are"):
         bundled_path("nope")

