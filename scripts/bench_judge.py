@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATA = Path("/work/shared/data/code_alpaca_2k.json")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "code_alpaca_2k.json"  # the shared data beside the checkout
 WARM_UP = 64  # records judged on each engine before any timing (with fewer, the first timed run is slower)
 
 
@@ -90,36 +91,22 @@ def load_records(count: int):
     return records[:count], records[count : count + WARM_UP]
 
 
-def bare_sampling_params(params, schema):
-    """The SamplingParams `VLLMChat.chat` builds for the judge's first request (a copy of its code)."""
-    from vllm import SamplingParams
-    from vllm.platforms import current_platform
-    from vllm.sampling_params import StructuredOutputsParams
-
-    from lift_local.llm import Sampling
-
-    sampling = Sampling(temperature=params.temperature, max_tokens=params.max_tokens, seed=params.seed)
-    return SamplingParams(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        seed=None if current_platform.is_cpu() else sampling.seed,
-        logprobs=sampling.logprobs or None,
-        structured_outputs=StructuredOutputsParams(json=schema),
-    )
-
-
 def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, repeat: int,
                  tmp: Path) -> EngineResult:
     """lift-local's judge step (and bare `LLM.chat`, alternating) on one engine, which is shut down after."""
     from lift_local import llm
+    from lift_local.llm import Sampling
+    from lift_local.llm.cache import CachedChat
+    from lift_local.llm.inprocess import close_engines
+    from lift_local.llm.inprocess import sampling_params as sampling_params_of
     from lift_local.phases.quality import JUDGE_SCHEMA, judge_records
     from lift_local.store import Store
 
     # With caching on, exactly the production engine; off differs from it in that one setting.
     options = None if caching else {"enable_prefix_caching": False}
     judge = llm.load_chat_model("judge", engine_options=options)
-    sampling_params = bare_sampling_params(params, JUDGE_SCHEMA)
+    first = Sampling(temperature=params.temperature, max_tokens=params.max_tokens, seed=params.seed)
+    sampling_params = sampling_params_of(first, JUDGE_SCHEMA)  # what the judge's first request sends
     runs = 0
 
     def lift(batch):
@@ -127,7 +114,7 @@ def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, 
         runs += 1
         store = Store(tmp / f"replies-{caching}-{runs}.sqlite", "replies")  # empty: nothing is cached
         try:
-            return judge_records(batch, llm.CachedChat(judge, store), params, prompt)
+            return judge_records(batch, CachedChat(judge, store), params, prompt)
         finally:
             store.close()
 
@@ -155,7 +142,7 @@ def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, 
             results[name] = function(records)
             side.seconds.append(time.perf_counter() - begin)
             print(f"  run {run + 1}, {side.label}: {side.seconds[-1]:.1f} s", file=sys.stderr, flush=True)
-    llm.close_engines()
+    close_engines()
     return EngineResult(
         caching=caching,
         lift=sides["lift"][0],
@@ -240,7 +227,7 @@ def versions() -> str:
 def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineResult, off: EngineResult,
            hfs: list[HFResult]) -> str:
     from lift_local import models
-    from lift_local.llm import engine_settings
+    from lift_local.llm.inprocess import engine_settings
     from lift_local.phases.quality import QualityParams
 
     params = QualityParams()
@@ -263,7 +250,7 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         f"- Judge sampling: temperature {params.temperature}, top_p 0.95, max_tokens {params.max_tokens}, "
         f"request seed {on.sampling_params.seed}, JSON schema `quality.JUDGE_SCHEMA` (vLLM sides); "
         f"lift-local retries {params.retries}",
-        f"- Records: the first {n} of `{DATA}`, {WARM_UP} further ones for warm-up; {args.repeat} timed runs "
+        f"- Records: the first {n} of `{os.path.relpath(DATA, ROOT)}`, {WARM_UP} further ones for warm-up; {args.repeat} timed runs "
         "per side and engine, in alternating order, `LLM.reset_prefix_cache()` before every run",
         f"- Command (from the repository root): `{command}`",
         "",
@@ -385,11 +372,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from lift_local.prompts import load_prompt
-    from lift_local.phases.quality import PROMPT_FIELDS, QualityParams
+    from lift_local.phases.quality import Quality, QualityParams
 
     started, loads = datetime.datetime.now(), {"start": load()}
     records, warm = load_records(args.records)
-    prompt = load_prompt("judge", requires=PROMPT_FIELDS)
+    prompt = load_prompt("judge", requires=Quality.requires)
     params = QualityParams()
     with tempfile.TemporaryDirectory() as tmp:
         on = bench_engine(True, True, records, warm, prompt, params, args.repeat, Path(tmp))

@@ -28,8 +28,8 @@ class FakeChat:
     canned replies used in order across calls (an error when they run out).
 
     `calls` records every call. `fail_after=k` raises `FakeChatInterrupted` after k replies have been
-    delivered through `on_reply` in one call, to simulate an interruption mid-batch. `finish_reason` is
-    given to every reply. Replies are delivered in reverse input order through `on_reply`, as a real engine
+    delivered through `on_reply` in one call, to simulate an interruption mid-batch. `finish_reason` and
+    `logprobs` are given to every reply. Replies are delivered in reverse input order through `on_reply`, as a real engine
     finishes them out of order, while the returned list stays in input order.
     """
 
@@ -40,9 +40,11 @@ class FakeChat:
         name: str = "fake-chat",
         finish_reason: str = "stop",
         fail_after: int | None = None,
+        logprobs: list[dict[str, float]] | None = None,
     ):
         self.name = name
         self.finish_reason = finish_reason
+        self.logprobs = logprobs
         self.fail_after = fail_after
         self.calls: list[FakeChatCall] = []
         if callable(respond):
@@ -74,7 +76,7 @@ class FakeChat:
     ) -> list[Reply]:
         conversations = [list(c) for c in conversations]
         self.calls.append(FakeChatCall(conversations, sampling, json_schema))
-        replies = [Reply(self._text(c), self.finish_reason) for c in conversations]
+        replies = [Reply(self._text(c), self.finish_reason, self.logprobs) for c in conversations]
         for delivered, index in enumerate(reversed(range(len(replies)))):
             if self.fail_after is not None and delivered >= self.fail_after:
                 raise FakeChatInterrupted(f"FakeChat interrupted after {delivered} replies")

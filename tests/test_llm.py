@@ -100,11 +100,15 @@ def test_replies_are_committed_while_the_batch_runs(store, tmp_path):
 
 
 def test_stored_reply_keeps_text_finish_reason_and_logprobs(store):
-    reply = Reply('{"score": 7}', "length", [{"7": -0.1, "8": -2.5}])
-    CachedChat(FakeChat(lambda c: reply.text, finish_reason="length"), store).chat(conversations(1), Sampling())
-    (value,) = store.get_many([reply_key("fake-chat", conversations(1)[0], Sampling(), None)]).values()
-    assert json.loads(value) == {"text": '{"score": 7}', "finish_reason": "length", "logprobs": None}
-    assert Reply.from_json(reply.to_json()) == reply
+    logprobs = [{"{": -0.01}, {"7": -0.1, "8": -2.5}, {"}": -0.02}]
+    sampling = Sampling(logprobs=2)
+    fake = FakeChat(lambda c: '{"score": 7}', finish_reason="length", logprobs=logprobs)
+    CachedChat(fake, store).chat(conversations(1), sampling)
+    (value,) = store.get_many([reply_key("fake-chat", conversations(1)[0], sampling, None)]).values()
+    assert json.loads(value) == {"text": '{"score": 7}', "finish_reason": "length", "logprobs": logprobs}
+    unused = FakeChat([])  # has no reply to give: the stored one must serve
+    (again,) = CachedChat(unused, store).chat(conversations(1), sampling)
+    assert again == Reply('{"score": 7}', "length", logprobs) and unused.calls == []
 
 
 @pytest.mark.parametrize(

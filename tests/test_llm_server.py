@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 
+import jsonschema
 import pytest
 from conftest import SHARED_DATA
 
@@ -102,7 +103,6 @@ def test_client_finds_the_served_model(server_url):
 
 
 def test_json_schema_batch_with_bounded_concurrency(server_url, instructions, monkeypatch):
-    jsonschema = pytest.importorskip("jsonschema")
     chat = ServerChat(server_url, SERVED_NAME, max_concurrency=2)
     in_flight, peak, lock = 0, 0, threading.Lock()
     one = chat._one

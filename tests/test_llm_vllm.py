@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from conftest import SHARED_DATA
 
@@ -57,7 +58,6 @@ def test_answers_real_instructions_reporting_each_once(engine, instructions):
 
 
 def test_json_schema_replies_parse_and_match_the_schema(engine, instructions):
-    jsonschema = pytest.importorskip("jsonschema")
     judge = [[{"role": "system", "content": "Rate the instruction from 1 to 10. Reply in JSON."}, *c] for c in instructions]
     # Sampled (on CPU unseeded, see VLLMChat.chat); the schema bounds a reply below ~80 tokens.
     replies = engine.chat(judge, Sampling(max_tokens=128, temperature=0.7), json_schema=JUDGE_SCHEMA)
