@@ -80,16 +80,22 @@ def run(
     limit: int | None = None,
     seed: int = 0,
     formats: tuple[str, ...] = (),
+    fields: dict[str, str] | None = None,
     echo: Callable[[str], None] = click.echo,
 ) -> dict[str, Any]:
-    """Run (or resume) every phase into `out_dir`; returns the manifest."""
+    """Run (or resume) every phase into `out_dir`; returns the manifest.
+
+    `fields` maps lift-local's field names to the input's columns (`read_records`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = sample(read_records(input_path), limit, seed)
+    records = sample(read_records(input_path, fields), limit, seed)
     manifest = _load_manifest(out_dir)
     manifest.update(
         lift_local_version=version("lift-local"),
         input={"path": str(Path(input_path).resolve()), "sha256": _sha256_file(input_path), "records": len(records),
-               "limit": limit, "seed": seed},
+               "limit": limit, "seed": seed,
+               # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
+               **({"fields": fields} if fields else {})},
         models=bench.identities(),
     )
     # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
@@ -190,8 +196,14 @@ def _digest(value: Any) -> str:
 
 
 def _sha256_file(path: Path | str) -> str:
+    """A file's digest; for a folder (a `datasets` input), of its files' names and contents."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for file in files:
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()

@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA
 
-from lift_local import exports
+from lift_local import exports, pipeline
+from lift_local.config import PHASES, load_config
 from lift_local.records import InputError, Record, parse_field_options, read_records
+from lift_local.workbench import Workbench
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,20 @@ def test_mapping_applies_to_json_and_keeps_a_displaced_column(tmp_path):
     (record,) = read_records(path, {"instruction": "task", "output": "answer"})
     assert (record.instruction, record.output) == ("Add 2 and 3", "5")
     assert record.extra == {"source_instruction": "old task"}  # nothing the user had is lost
+
+
+def test_run_reads_a_datasets_folder_and_writes_every_export(tmp_path, real_records):
+    columns = {"prompt": [r.instruction for r in real_records], "completion": [r.output for r in real_records]}
+    datasets.Dataset.from_dict(columns).save_to_disk(str(tmp_path / "in"))
+    config = load_config(skip=PHASES)
+    fields = {"instruction": "prompt", "output": "completion"}
+    manifest = pipeline.run(tmp_path / "in", tmp_path / "run", config, Workbench(tmp_path / "cache"),
+                            formats=tuple(exports.FORMATS), fields=fields, echo=lambda line: None)
+    assert manifest["input"]["fields"] == fields
+    assert sorted(manifest["exports"]) == sorted(exports.FORMATS)
+    assert [r.output for r in read_records(tmp_path / "run" / "curated.parquet")] == columns["completion"]
+    (tmp_path / "in" / "data-00000-of-00001.arrow").write_bytes(b"changed")
+    assert pipeline._sha256_file(tmp_path / "in") != manifest["input"]["sha256"]  # a changed shard is noticed
 
 
 def test_folder_export_is_replaced_atomically(tmp_path, real_records):
