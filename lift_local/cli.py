@@ -24,7 +24,7 @@ from .config import load_config
 from .errors import InputError, LiftError, NothingSelected
 from .phases import Local, Phase, all_phases
 from .phases.quality import QualityParams, count_or_fraction
-from .records import atomic_path, read_records, write_records
+from .records import atomic_path, parse_field_options, read_records, write_records
 from .report import write_report
 from .workbench import ModelsConfig, Workbench
 
@@ -105,6 +105,20 @@ def _parsing(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Para
     return callback
 
 
+def _fields(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_field_options(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+_FIELD = (["--field", "fields"], dict(
+    multiple=True, metavar="NAME=COLUMN", callback=_fields,
+    help="Read the input's COLUMN as lift-local's NAME (instruction, input or output), e.g. "
+    "--field instruction=prompt --field output=response. Repeatable.",
+))
+
+
 # --- a command for every phase ---
 
 
@@ -158,8 +172,8 @@ def _model_options(roles: tuple[str, ...]) -> list[click.Option]:
 
 def _phase_command(cls: type[Phase]) -> click.Command:
     hints = typing.get_type_hints(cls.Params)
-    fields = [field for field in dataclasses.fields(cls.Params) if field.init]
-    options = [_parameter_option(field, hints[field.name]) for field in fields]
+    parameters = [field for field in dataclasses.fields(cls.Params) if field.init]
+    options = [_parameter_option(field, hints[field.name]) for field in parameters]
     options += _model_options(cls.roles)
     options += [
         click.Option([f"--{name.replace('_', '-')}", name], type=click.Path(dir_okay=False, path_type=Path),
@@ -173,13 +187,13 @@ def _phase_command(cls: type[Phase]) -> click.Command:
         for side, holds in cls.sides.items()
     ]
 
-    def command(in_path: Path, out_path: Path, cache_dir: Path, **chosen: Any) -> None:
-        phase = cls(_params(cls.Params, **{field.name: chosen.pop(field.name) for field in fields}))
+    def command(in_path: Path, out_path: Path, cache_dir: Path, fields: dict[str, str], **chosen: Any) -> None:
+        phase = cls(_params(cls.Params, **{field.name: chosen.pop(field.name) for field in parameters}))
         prompts = {template: str(chosen.pop(option)) for option, template in phase.templates().items()
                    if chosen.get(option) is not None}
         sides = {side: chosen.pop(f"side_{side}") for side in cls.sides}
         chosen = {key: value for key, value in chosen.items() if key not in cls.prompts and value is not None}
-        records = read_records(in_path)
+        records = read_records(in_path, fields)
         with Workbench(cache_dir, ModelsConfig(**chosen), prompts) as bench:
             bench.phase_prompts(phase)  # a bad template fails before any model loads
             try:
@@ -200,10 +214,10 @@ def _phase_command(cls: type[Phase]) -> click.Command:
             if path is not None:
                 click.echo(f"{side}: {len(outcome.side[side])} records → {path}")
 
-    arguments = [click.Argument([name], metavar=name.split("_")[0].upper(), type=click.Path(dir_okay=False, path_type=Path))
-                 for name in ("in_path", "out_path")]
+    arguments = [click.Argument(["in_path"], metavar="IN", type=click.Path(path_type=Path)),
+                 click.Argument(["out_path"], metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))]
     help = inspect.cleandoc(cls.help)
-    return click.Command(cls.name, callback=command, params=[*arguments, *options, _cache_dir_option()],
+    return click.Command(cls.name, callback=command, params=[*arguments, *options, click.Option(_FIELD[0], **_FIELD[1]), _cache_dir_option()],
                          help=help)
 
 
@@ -253,7 +267,7 @@ def models_prepare(name: str | None, quiet: bool) -> None:
 
 
 @main.command("run")
-@click.argument("in_path", metavar="IN", type=click.Path(exists=True, dir_okay=False))
+@click.argument("in_path", metavar="IN", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: each phase's output, manifest.json, curated.jsonl, report.html. Reusing it resumes.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -266,12 +280,16 @@ def models_prepare(name: str | None, quiet: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Curate a seeded random sample of N input records.")
 @click.option("--seed", type=int, default=0, help="Seed of the --limit sample.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(sorted(exports.FORMATS)),
-              help="Also write the curated records for trainers: alpaca (JSON array) or messages (JSONL for "
-              "TRL, axolotl, LLaMA-Factory). Repeatable.")
+              help="Also write the curated records for trainers: alpaca (JSON array), messages (JSONL for TRL, "
+              "axolotl, LLaMA-Factory), sharegpt (JSONL of human/gpt `conversations`), parquet (one file) or "
+              "datasets (a folder for `datasets.load_from_disk`). Repeatable.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Reply and embedding caches. [default: OUT/cache]")
-def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir) -> None:
+@click.option(*_FIELD[0], **_FIELD[1])
+def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, fields) -> None:
     """Run every phase on IN, in order, into the run folder --out.
+
+    IN is a record file (JSON, JSONL, CSV, TSV, Parquet) or a Hugging Face `datasets` folder.
 
     Started again on the same folder, it resumes: a phase whose input, parameters, models and prompts are
     unchanged is not run again, a changed one re-runs with the phases after it, and inside an interrupted
@@ -281,7 +299,7 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
     out_dir = Path(out_dir)
     with Workbench(Path(cache_dir) if cache_dir else out_dir / "cache", config.models, config.prompts) as bench:
         manifest = pipeline.run(Path(in_path), out_dir, config, bench, limit=limit, seed=seed, formats=formats,
-                                echo=click.echo)
+                                fields=fields, echo=click.echo)
     report_path = write_report(out_dir)
     exported = "".join(f"\n  as {fmt}:   {out_dir / name}" for fmt, name in manifest.exports.items())
     click.echo(f"\nCurated data: {out_dir / manifest.curated}{exported}\nReport:       {report_path}")

@@ -39,16 +39,22 @@ def run(
     limit: int | None = None,
     seed: int = 0,
     formats: tuple[str, ...] = (),
+    fields: dict[str, str] | None = None,
     echo: Callable[[str], None] = print,
 ) -> Manifest:
-    """Run (or resume) every phase into `out_dir`; returns the manifest."""
+    """Run (or resume) every phase into `out_dir`; returns the manifest.
+
+    `fields` maps lift-local's field names to the input's columns (`read_records`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = sample(read_records(input_path), limit, seed)
+    records = sample(read_records(input_path, fields), limit, seed)
     manifest = Manifest.load(out_dir, missing_ok=True)
     old_phases, manifest.phases = manifest.phases, {}
     manifest.lift_local_version = version("lift-local")
     manifest.input = {"path": str(Path(input_path).resolve()), "sha256": _sha256_file(input_path),
-                      "records": len(records), "limit": limit, "seed": seed}
+                      "records": len(records), "limit": limit, "seed": seed,
+                      # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
+                      **({"fields": fields} if fields else {})}
     manifest.models = bench.identities()
     active = [phase for phase in config.phases if phase.name not in config.skip]
     # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
@@ -127,8 +133,14 @@ def _digest(value: Any) -> str:
 
 
 def _sha256_file(path: Path | str) -> str:
+    """A file's digest; for a folder (a `datasets` input), of its files' names and contents."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for file in files:
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()

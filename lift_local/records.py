@@ -1,22 +1,32 @@
 """The record every phase shares, and reading and writing it.
 
 Readers accept Alpaca JSON arrays, JSONL, ShareGPT (`conversations` with `from`/`value`) and OpenAI-style
-`messages`, in a JSON array or one per JSONL line, and normalise them to instruction / input / output.
-Every problem with the input is a `InputError` naming the file, the line or record and what is wrong.
+`messages`, in a JSON array or one per JSONL line, and the same records as rows of a Parquet file, a CSV/TSV
+file or a Hugging Face `datasets` folder (`save_to_disk`, read with pyarrow so `datasets` is not needed).
+All are normalised to instruction / input / output by the same checks. Every problem with the input is an
+`InputError` naming the file, the line, record or row and what is wrong. Rows count from 0, like the
+records of a JSON array and `dataset[i]`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 import hashlib
+import io
+import itertools
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonlines
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .errors import InputError
 
@@ -26,6 +36,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _USER_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
+_BATCH_ROWS = 1024  # rows per Arrow record batch read from Parquet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +84,33 @@ def embedding_text(record: Record) -> str:
     return f"<INST> {record.instruction} </INST> {record.output}"
 
 
-def read_records(path: Path | str) -> list[Record]:
-    """Read any supported format; raise `InputError` on the first problem found."""
+def read_records(path: Path | str, fields: Mapping[str, str] | None = None) -> list[Record]:
+    """Read any supported format; raise `InputError` on the first problem found.
+
+    `fields` maps lift-local's names to the user's columns (e.g. {"instruction": "prompt"}), so data need
+    not be rewritten to be read. A bad mapping is a `ValueError` (the caller's mistake, not the data's).
+    """
     path = Path(path)
-    items = parse_json_items(path, read_text(path))
-    if not items:
+    mapping = _check_mapping(fields or {})
+    records = [
+        _normalise(path, where, index, item, mapping) for index, (where, item) in enumerate(_read_items(path))
+    ]
+    if not records:
         raise InputError(path, None, "the file holds no records")
-    records = [_normalise(path, where, index, item) for index, (where, item) in enumerate(items)]
     return _disambiguate_ids(records)
+
+
+def parse_field_options(options: Iterable[str]) -> dict[str, str]:
+    """`["instruction=prompt", ...]` (repeated `--field` options) as a mapping for `read_records`."""
+    mapping: dict[str, str] = {}
+    for option in options:
+        name, sep, column = (part.strip() for part in option.partition("="))
+        if not sep or not name or not column:
+            raise ValueError(f"expected NAME=COLUMN (e.g. instruction=prompt), got {option!r}")
+        if name in mapping:
+            raise ValueError(f"'{name}' is mapped twice ({name}={mapping[name]} and {option})")
+        mapping[name] = column
+    return _check_mapping(mapping)
 
 
 def write_records(path: Path | str, records: Iterable[Record]) -> int:
@@ -94,24 +124,42 @@ def write_records(path: Path | str, records: Iterable[Record]) -> int:
 
 
 class atomic_path:
-    """Context manager yielding a temporary path beside `path`, renamed onto it only on success."""
+    """Context manager yielding a temporary path beside `path`, renamed onto it only on success.
 
-    def __init__(self, path: Path | str):
+    With `folder=True` it yields a temporary folder. A folder cannot be renamed over a non-empty one, so
+    the old folder is moved aside first and removed after: readers never see a partial folder, at worst
+    none for an instant.
+    """
+
+    def __init__(self, path: Path | str, folder: bool = False):
         self.path = Path(path)
+        self.folder = folder
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output should be like any new file
+        options = {"prefix": f".{self.path.name}.", "suffix": ".tmp", "dir": self.path.parent}
+        if self.folder:
+            name = tempfile.mkdtemp(**options)
+            os.chmod(name, 0o777 & ~_UMASK)
+        else:
+            fd, name = tempfile.mkstemp(**options)
+            os.close(fd)
+            os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output is like any new file
         self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
+        if exc_type is not None and self.folder:
+            shutil.rmtree(self.tmp)
+        elif exc_type is not None:
             self.tmp.unlink(missing_ok=True)
+        elif self.folder and self.path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
+            os.replace(self.path, old / self.path.name)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.tmp, self.path)
 
 
 def parse_json_items(path: Path, raw: str) -> list[tuple[str, Any]]:
@@ -163,10 +211,115 @@ def _parse_jsonl(path: Path, raw: str) -> Iterator[tuple[str, Any]]:
             raise InputError(path, f"line {lineno} column {err.colno}", f"malformed JSON: {err.msg}") from None
 
 
-def _normalise(path: Path, where: str, index: int, item: Any) -> Record:
+def _read_items(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, item) pairs of any supported format, chosen by what the path is."""
+    if path.is_dir():
+        return _dataset_items(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _rows(_parquet_batches(path))
+    if suffix in (".csv", ".tsv"):
+        return _csv_items(path, "\t" if suffix == ".tsv" else ",")
+    return iter(parse_json_items(path, read_text(path)))
+
+
+def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    # In record batches: a large file is never held whole as an Arrow table beside its records.
+    with _arrow_errors(path, "Parquet"):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS)
+
+
+def _dataset_items(folder: Path) -> Iterator[tuple[str, dict]]:
+    """Rows of a `save_to_disk` folder: its `data-*.arrow` shards (Arrow IPC streams) in state.json order."""
+    if (folder / "dataset_dict.json").is_file():
+        folder = _pick_split(folder)
+    state = folder / "state.json"
+    if not state.is_file():
+        raise InputError(folder, None, "is a folder but not a Hugging Face datasets folder "
+                                       "(no state.json or dataset_dict.json, as save_to_disk writes)")
+    try:
+        shards = [entry["filename"] for entry in json.loads(read_text(state))["_data_files"]]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(state, None, "not a datasets state.json (no list of _data_files)") from None
+    # One row count across shards, as dataset[i] numbers them.
+    return _rows(itertools.chain.from_iterable(_stream_batches(folder / shard) for shard in shards))
+
+
+def _stream_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    with _arrow_errors(path, "Arrow stream"), pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def _pick_split(folder: Path) -> Path:
+    """A DatasetDict's `train` split, or its only split; with several and no `train`, the user must choose."""
+    try:
+        splits = json.loads(read_text(folder / "dataset_dict.json"))["splits"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(folder / "dataset_dict.json", None, "not a datasets dataset_dict.json") from None
+    if "train" in splits or len(splits) == 1:
+        return folder / ("train" if "train" in splits else splits[0])
+    raise InputError(folder, None, f"a DatasetDict with splits {', '.join(splits)} and no 'train': "
+                                   f"give one split's folder, e.g. {folder / splits[0]}")
+
+
+def _rows(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[str, dict]]:
+    rows = (row for batch in batches for row in batch.to_pylist())
+    return ((f"row {number}", row) for number, row in enumerate(rows))
+
+
+@contextlib.contextmanager
+def _arrow_errors(path: Path, kind: str) -> Iterator[None]:
+    """Turns pyarrow's errors while opening or reading `path` into an `InputError` naming the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(path, None, "no such file") from None
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(path, None, f"not a readable {kind} file: {err}") from None
+
+
+def _csv_items(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
+    """Rows under a header line; every cell is text, an absent cell is missing (not empty)."""
+    # strict: a stray quote is an error, not the rest of the file swallowed into one cell
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, strict=True)
+    try:
+        for number, row in enumerate(reader):
+            where = f"row {number} (line {reader.line_num})"
+            if None in row:
+                raise InputError(path, where, f"has more cells than the header's {len(reader.fieldnames)}")
+            yield where, {column: cell for column, cell in row.items() if cell is not None}
+    except csv.Error as err:
+        raise InputError(path, f"line {reader.line_num}", f"malformed CSV: {err}") from None
+
+
+def _check_mapping(fields: Mapping[str, str]) -> dict[str, str]:
+    unknown = sorted(set(fields) - set(CORE_FIELDS))
+    if unknown:
+        raise ValueError(f"cannot map {', '.join(unknown)}: the fields are {', '.join(CORE_FIELDS)}")
+    columns = list(fields.values())
+    twice = sorted({column for column in columns if columns.count(column) > 1})
+    if twice:
+        raise ValueError(f"column {', '.join(twice)} is mapped to more than one field")
+    return dict(fields)
+
+
+def _apply_mapping(path: Path, where: str, item: dict, mapping: dict[str, str]) -> dict:
+    """The user's columns renamed to lift-local's; a column the mapping displaces is kept as source_<name>."""
+    for name, column in mapping.items():
+        if column not in item:
+            raise InputError(path, where, f"no column '{column}' (mapped to {name}); "
+                                          f"its columns are: {', '.join(map(str, item)) or 'none'}")
+    values = {name: item.pop(column) for name, column in mapping.items()}
+    for name in values:
+        if name in item:
+            item[f"source_{name}"] = item.pop(name)
+    return {**item, **values}
+
+
+def _normalise(path: Path, where: str, index: int, item: Any, mapping: dict[str, str]) -> Record:
     if not isinstance(item, dict):
         raise InputError(path, where, f"expected a JSON object, got {_json_type(item)}")
-    item = dict(item)
+    item = _apply_mapping(path, where, dict(item), mapping)
     meta = item.pop(META_KEY, None)
     if isinstance(meta, dict) and isinstance(item.get("id"), str):
         # A record lift-local wrote: keep its id and metadata as they are.

@@ -273,7 +273,7 @@ def test_a_part_with_wrong_content_is_named_and_nothing_is_kept(parted):
     (parted.site / "fake_part2/data/part02.bin").write_bytes(b"TWO|")
     with pytest.raises(models.ModelError) as error:
         models.ensure_present(models.load_registry().models["split"], quiet=True)
-    message = error.value.message
+    message = str(error.value)
     assert "fake-part2==1.0 (fake_part2/data/part02.bin: sha256 " + hashlib.sha256(b"TWO|").hexdigest() in message
     assert "expected " + hashlib.sha256(b"two|").hexdigest() in message
     assert "fake-part1" not in message and "fake-part3" not in message
@@ -293,7 +293,7 @@ def test_missing_parts_are_named_with_how_to_get_them(parted):
     (parted.site / "fake_part3/data/part03.bin").unlink()
     with pytest.raises(models.ModelError) as error:
         models.ensure_present(models.load_registry().models["split"], quiet=True)
-    assert error.value.message == (
+    assert str(error.value) == (
         "model split: fake-part1==1.0 is not installed; fake-part2==1.0 is needed, 0.9 is installed; "
         "fake-part3==1.0 has no fake_part3/data/part03.bin: run `lift-local models prepare split`"
     )
