@@ -216,7 +216,7 @@ def _phase_command(cls: type[Phase]) -> click.Command:
 
     arguments = [click.Argument(["in_path"], metavar="IN", type=click.Path(path_type=Path)),
                  click.Argument(["out_path"], metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))]
-    help = inspect.cleandoc(cls.help)
+    help = inspect.cleandoc(cls.__doc__ or "")
     return click.Command(cls.name, callback=command, params=[*arguments, *options, click.Option(_FIELD[0], **_FIELD[1]), _cache_dir_option()],
                          help=help)
 

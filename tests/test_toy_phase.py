@@ -22,11 +22,8 @@ def toy_phase():
     class ShortParams:
         max_chars: int = option(10_000, "Longest answer kept, in characters.", low=1)
 
-    class Short(Phase):
-        name = "short"
-        title = "Short answers"
-        Params = ShortParams
-        order = 55  # after variety, before quality
+    class Short(Phase, name="short", title="Short answers", params=ShortParams, order=55):  # after variety
+        """Keep the records whose answer is at most --max-chars long."""
 
         def map(self, batch, kit):
             return [Mapped(record, len(record.output)) for record in batch]

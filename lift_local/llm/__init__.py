@@ -76,14 +76,8 @@ class ChatModel(Protocol):
 
     name: str
 
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: Sampling,
-        json_schema: dict[str, Any] | None = None,
-        on_reply: OnReply | None = None,
-        label: str = "",
-    ) -> list[Reply]: ...
+    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
+             on_reply: OnReply | None = None, label: str = "") -> list[Reply]: ...
 
 
 def is_prompt_too_long(error: Exception) -> bool:

@@ -34,14 +34,8 @@ class CachedChat:
         self.commit_seconds = commit_seconds
         self.name = model.name
 
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: Sampling,
-        json_schema: dict[str, Any] | None = None,
-        on_reply: OnReply | None = None,
-        label: str = "",
-    ) -> list[Reply]:
+    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
+             on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
         keys = [reply_key(self.name, c, sampling, json_schema) for c in conversations]
         stored = self.store.get_many(keys)
         replies = [Reply.from_json(stored[key]) if key in stored else None for key in keys]

@@ -41,14 +41,8 @@ class VLLMChat:
             self._llm = LLM(model=str(self.path), **engine_settings(self.settings))
         return self._llm
 
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: Sampling,
-        json_schema: dict[str, Any] | None = None,
-        on_reply: OnReply | None = None,
-        label: str = "",
-    ) -> list[Reply]:
+    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
+             on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
         from vllm.exceptions import VLLMValidationError
 
         if not conversations:

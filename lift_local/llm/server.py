@@ -59,14 +59,8 @@ class ServerChat:
             )
         return served[0]
 
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: Sampling,
-        json_schema: dict[str, Any] | None = None,
-        on_reply: OnReply | None = None,
-        label: str = "",
-    ) -> list[Reply]:
+    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
+             on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
         replies: list[Reply | None] = [None] * len(conversations)
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="lift-local-chat")
         try:

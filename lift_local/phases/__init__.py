@@ -125,28 +125,45 @@ class Local:
 
 
 class Phase:
-    """A LIFT phase (or one the field adds). Subclasses set the class attributes and `map`/`select`.
+    """A LIFT phase (or one the field adds). A subclass declares itself in its class statement and
+    implements `map` and `select`; its docstring is its command's help:
+
+        class Enhance(Phase, name="enhance", title="Enhancement", params=EnhanceParams, order=20,
+                      roles=("rewriter",), prompts={"prompt": "enhance"}):
+
+    - `name`: the command, the config section and the run folder's file names
+    - `title`: as the paper (or the field) names it, for the report
+    - `params`: a frozen dataclass (see `option`); its fields are the config keys and the command's options
+    - `order`: its place in `lift-local run`, ascending
+    - `roles`: the models `map` uses: "rewriter", "judge", "embedder"
+    - `prompts`: the prompt templates by command-line option ("prompt", "answer_prompt") -> template name,
+      in which {field} is the parameter's value; each template's user message must use the fields in
+      `requires`
+    - `sides`: side files -> the help of the command's option that writes one
 
     An instance holds its parameters (an instance of `Params`), as a scikit-learn estimator does.
     """
 
-    name: ClassVar[str]  # the command, the config section and the run folder's file names
-    title: ClassVar[str]  # as the paper (or the field) names it, for the report
-    Params: ClassVar[type]  # a frozen dataclass; its fields are the config keys and the command's options
-    order: ClassVar[int]  # place in `lift-local run`, ascending
-    roles: ClassVar[tuple[str, ...]] = ()  # models `map` uses: "rewriter", "judge", "embedder"
-    # Prompt templates by command-line option ("prompt", "answer_prompt") -> template name, in which
-    # {field} is the parameter's value; the user message of each must use the fields in `requires`.
-    prompts: ClassVar[dict[str, str]] = {}
-    requires: ClassVar[tuple[str, ...]] = ("instruction",)
-    sides: ClassVar[dict[str, str]] = {}  # side file -> what it holds (the command's option help)
-    help: ClassVar[str] = ""  # the command's help text
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Params: ClassVar[type]
+    order: ClassVar[int]
+    roles: ClassVar[tuple[str, ...]]
+    prompts: ClassVar[dict[str, str]]
+    requires: ClassVar[tuple[str, ...]]
+    sides: ClassVar[dict[str, str]]
 
     _registry: ClassVar[dict[str, type[Phase]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str, title: str, params: type, order: int, roles: tuple[str, ...] = (),
+        prompts: dict[str, str] | None = None, requires: tuple[str, ...] = ("instruction",),
+        sides: dict[str, str] | None = None, **kwargs: Any,
+    ) -> None:
         super().__init_subclass__(**kwargs)
-        Phase._registry[cls.name] = cls
+        cls.name, cls.title, cls.Params, cls.order = name, title, params, order
+        cls.roles, cls.prompts, cls.requires, cls.sides = roles, prompts or {}, requires, sides or {}
+        Phase._registry[name] = cls
 
     def __init__(self, params: Any = None):
         self.params = self.Params() if params is None else params

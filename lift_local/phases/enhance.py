@@ -22,14 +22,9 @@ class EnhanceParams(GenerationParams):
     pass
 
 
-class Enhance(Phase):
-    name = "enhance"
-    title = "Enhancement"
-    Params = EnhanceParams
-    order = 20
-    roles = ("rewriter",)
-    prompts = {"prompt": "enhance"}
-    help = """LIFT phase 1: the rewriter writes a new answer for every record of IN; all records go to OUT (JSONL).
+class Enhance(Phase, name="enhance", title="Enhancement", params=EnhanceParams, order=20, roles=("rewriter",),
+              prompts={"prompt": "enhance"}):
+    """LIFT phase 1: the rewriter writes a new answer for every record of IN; all records go to OUT (JSONL).
 
     Each record keeps its original answer in its metadata (lift.original_output). A reply that is empty
     or cut off at --max-tokens leaves the original answer in place, marked in lift.enhance_status, and

@@ -62,14 +62,9 @@ class Rewrite:
     parent_key: str
 
 
-class Expand(Phase):
-    name = "expand"
-    title = "Expansion"
-    Params = ExpandParams
-    order = 30
-    roles = ("rewriter",)
-    prompts = {"prompt": "expand_{task}", "answer_prompt": "enhance"}
-    help = """LIFT phase 2: rewrite IN's instructions into harder ones for K rounds and answer each; write IN's
+class Expand(Phase, name="expand", title="Expansion", params=ExpandParams, order=30, roles=("rewriter",),
+             prompts={"prompt": "expand_{task}", "answer_prompt": "enhance"}):
+    """LIFT phase 2: rewrite IN's instructions into harder ones for K rounds and answer each; write IN's
     records plus every round's new records to OUT (JSONL).
 
     New records carry lift.origin = expanded, lift.round, lift.parent (the rewritten record's id) and

@@ -175,20 +175,14 @@ class Summary:
         )
 
 
-class Quality(Phase):
-    name = "quality"
-    title = "Quality compression"
-    Params = QualityParams
-    order = 60
-    roles = ("judge",)
-    prompts = {"prompt": "judge"}
-    requires = ("instruction", "output")  # a judge must see the answer it scores
-    sides = {
-        "scores": "Also write every record with its judge verdict to this file: best first, then those the "
-        "judge failed on.",
-        "baseline": "Also write a random subset of IN of the same size to this file, to compare the selection with.",
-    }
-    help = """LIFT phase 4: the judge scores every record of IN; the N with the best final quality go to OUT
+class Quality(
+    Phase, name="quality", title="Quality compression", params=QualityParams, order=60, roles=("judge",),
+    prompts={"prompt": "judge"}, requires=("instruction", "output"),  # a judge must see the answer it scores
+    sides={"scores": "Also write every record with its judge verdict to this file: best first, then those the judge "
+           "failed on.",
+           "baseline": "Also write a random subset of IN of the same size to this file, to compare the selection with."},
+):
+    """LIFT phase 4: the judge scores every record of IN; the N with the best final quality go to OUT
     (JSONL), shuffled.
 
     The judge gives four scores in JSON: clarity 0-15, difficulty 0-25, explanation 0-25, accuracy 0-35;

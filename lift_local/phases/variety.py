@@ -126,14 +126,9 @@ def select(embeddings: np.ndarray, params: VarietyParams) -> VarietySelection:
     )
 
 
-class Variety(Phase):
-    name = "variety"
-    title = "Variety compression"
-    Params = VarietyParams
-    order = 50
-    roles = ("embedder",)
-    sides = {"dropped": "Also write the records not kept to this file, with their row variance."}
-    help = """Keep the most diverse records (LIFT phase 3, variety compression).
+class Variety(Phase, name="variety", title="Variety compression", params=VarietyParams, order=50,
+              roles=("embedder",), sides={"dropped": "Also write the records not kept to this file, with their row variance."}):
+    """Keep the most diverse records (LIFT phase 3, variety compression).
 
     Embeds every record, standardises the embeddings, projects them on the principal components that
     explain --variance of the variance, and keeps the --keep share of records whose coordinates vary most
