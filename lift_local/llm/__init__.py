@@ -42,8 +42,10 @@ class Sampling:
 class Reply:
     text: str
     finish_reason: str  # "stop", "length", ...
-    # With Sampling.logprobs: for each generated token, the most likely tokens and their log-probabilities.
+    # With Sampling.logprobs: for each generated token, the most likely tokens and their log-probabilities,
+    # and the token that was generated there (which need not be the most likely when sampling).
     logprobs: list[dict[str, float]] | None = None
+    tokens: list[str] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False).encode("utf-8")

@@ -83,12 +83,12 @@ class VLLMChat:
 
 
 def _vllm_reply(completion: Any) -> Reply:
-    logprobs = None
-    if completion.logprobs is not None:
-        logprobs = [
-            {entry.decoded_token: entry.logprob for entry in position.values()} for position in completion.logprobs
-        ]
-    return Reply(completion.text, completion.finish_reason or "stop", logprobs)
+    if completion.logprobs is None:
+        return Reply(completion.text, completion.finish_reason or "stop")
+    positions = completion.logprobs  # per generated token: token id -> Logprob, the generated one included
+    logprobs = [{entry.decoded_token: entry.logprob for entry in position.values()} for position in positions]
+    tokens = [position[token].decoded_token for position, token in zip(positions, completion.token_ids)]
+    return Reply(completion.text, completion.finish_reason or "stop", logprobs, tokens)
 
 
 def engine_settings(chosen: Mapping[str, Any]) -> dict[str, Any]:

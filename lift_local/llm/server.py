@@ -97,7 +97,9 @@ class ServerChat:
                 raise
             return Reply("", PROMPT_TOO_LONG)
         choice = response.choices[0]
-        logprobs = None
+        logprobs = tokens = None
         if choice.logprobs is not None and choice.logprobs.content is not None:
-            logprobs = [{top.token: top.logprob for top in position.top_logprobs} for position in choice.logprobs.content]
-        return Reply(choice.message.content or "", choice.finish_reason or "stop", logprobs)
+            positions = choice.logprobs.content
+            logprobs = [{top.token: top.logprob for top in position.top_logprobs} for position in positions]
+            tokens = [position.token for position in positions]
+        return Reply(choice.message.content or "", choice.finish_reason or "stop", logprobs, tokens)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
+import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import report
-from ..llm import ChatModel, Sampling, check_sampling
+from ..llm import ChatModel, Reply, Sampling, check_sampling
 from ..manifest import PhaseEntry
 from ..prompts import Prompt
 from ..records import Record
@@ -33,14 +35,20 @@ if TYPE_CHECKING:
 
 # LIFT's rubric: dimension -> maximum score; the maxima add up to 100.
 DIMENSIONS = {"clarity": 15, "difficulty": 25, "explanation": 25, "accuracy": 35}
-JUDGE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        name: {"type": "integer", "minimum": 0, "maximum": top} for name, top in DIMENSIONS.items()
-    },
-    "required": list(DIMENSIONS),
-    "additionalProperties": False,
-}
+DIGITS = {name: 9 for name in DIMENSIONS}  # the rubric of expected scores: one digit a dimension
+
+
+def judge_schema(maxima: dict[str, int]) -> dict[str, Any]:
+    """The JSON the judge must reply with: one bounded integer per dimension."""
+    properties = {name: {"type": "integer", "minimum": 0, "maximum": top} for name, top in maxima.items()}
+    return {"type": "object", "properties": properties, "required": list(maxima), "additionalProperties": False}
+
+
+JUDGE_SCHEMA = judge_schema(DIMENSIONS)
+# vLLM's default cap on top logprobs (max_logprobs); above the 10 digits, so every value is read.
+TOP_LOGPROBS = 20
+# In a JSON reply, the text just before a dimension's value: `"accuracy":` (any spacing).
+_BEFORE_VALUE = re.compile(r'"(' + "|".join(DIMENSIONS) + r')"\s*:\s*$')
 # Totals are "nearly uniform" when their standard deviation is below UNIFORM_STD points (of 100), or when
 # one total is shared by more than UNIFORM_SHARE of the scored records.
 UNIFORM_STD = 3.0
@@ -79,6 +87,11 @@ class QualityParams(GenerationParams):
         0.7, "Sampling temperature of the retries (above 0, or a retry repeats the failed reply).", low=0, high=2
     )
     max_tokens: int = option(96, "Longest judge reply in tokens; a reply cut off there is not a score.", low=1)
+    expected: bool = option(
+        False, "Rank by expected scores: the judge scores each dimension 0-9 (the judge_digits prompt), and a "
+        "dimension's score is the probability-weighted mean of the ten digits, which breaks the ties of "
+        "integer scores.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,8 +123,20 @@ class Verdict:
     raw: str
     retries: int
     model: str
-    scores: dict[str, int] | None = None
-    total: int | None = None
+    scores: dict[str, float] | None = None  # the values the judge wrote, in points of LIFT's rubric
+    total: float | None = None
+    # With expected scores: each dimension's probability-weighted score in points, and their sum. A
+    # dimension whose distribution could not be read keeps the value written and is named in `fallback`;
+    # `missing_values` counts the digits that had no probability where the distribution was read.
+    expected: dict[str, float] | None = None
+    expected_total: float | None = None
+    fallback: list[str] | None = None
+    missing_values: int | None = None
+
+    @property
+    def ranking_total(self) -> float | None:
+        """What the selection ranks by: the expected total where there is one."""
+        return self.expected_total if self.expected_total is not None else self.total
 
     @property
     def ok(self) -> bool:
@@ -136,9 +161,12 @@ class Judged:
     """What `select` needs of a judged record."""
 
     status: str
-    scores: dict[str, int] | None
-    total: int | None
+    scores: dict[str, float] | None
+    total: float | None  # what the selection ranks by
     length: int
+    sampled_total: float | None  # the total of the values written, for counting the ties expected scores break
+    fallback: int = 0  # dimensions whose expected score fell back to the value written
+    missing_values: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +223,15 @@ class Quality(
     Prints each score's distribution, and warns when the judge's totals are nearly uniform.
     """
 
+    def templates(self) -> dict[str, str]:
+        return {"prompt": "judge_digits" if self.params.expected else "judge"}
+
     def map(self, batch: list[Record], kit: Kit) -> list[Mapped]:
         verdicts = judge_records(batch, kit.chat("judge"), self.params, self.prompt(kit))
         return [
-            Mapped(record.with_meta(judge=verdict.to_json()), Judged(verdict.status, verdict.scores, verdict.total, record_length(record)))
+            Mapped(record.with_meta(judge=verdict.to_json()), Judged(verdict.status, verdict.expected or verdict.scores, verdict.ranking_total,
+                                        record_length(record), verdict.total, len(verdict.fallback or ()),
+                                        verdict.missing_values or 0))
             for record, verdict in zip(batch, verdicts, strict=True)
         ]
 
@@ -229,6 +262,7 @@ class Quality(
         best = 100 * (params.judge_weight + params.length_weight)
         summaries.append(Summary.of("quality", best, [meta[i]["quality"] for i in ranked]))
         warnings = uniformity_warnings(totals)
+        sampled_totals = [features[i].sampled_total for i in ranked]
         if wanted > len(ranked):
             warnings.append(f"asked for {wanted} records but only {len(ranked)} were judged; kept all of them")
         stats = {
@@ -238,9 +272,23 @@ class Quality(
             "kept": len(kept),
             "length_T": threshold,
             "uniform_warning": bool(uniformity_warnings(totals)),
+            # Distinct totals of what was ranked, and of the values written: how many ties expected scores broke.
+            "distinct_totals": len(set(totals)),
+            "distinct_sampled_totals": len(set(sampled_totals)),
             "scores": {s.name: dataclasses.asdict(s) for s in summaries},
             "warnings": warnings,
         }
+        if params.expected:
+            stats["expected"] = {
+                "records_with_fallback": sum(features[i].fallback > 0 for i in ranked),
+                "fallback_dimensions": sum(features[i].fallback for i in ranked),
+                "missing_values": sum(features[i].missing_values for i in ranked),
+            }
+            if stats["expected"]["fallback_dimensions"]:
+                warnings.append(
+                    f"{stats['expected']['records_with_fallback']} records have dimensions without readable "
+                    "probabilities; they use the score the judge wrote there"
+                )
         return Selection(kept, {"scores": ranked + failures, "baseline": baseline}, meta, stats)
 
     def summary(self, outcome: Outcome) -> list[str]:
@@ -251,6 +299,12 @@ class Quality(
             counts = ", ".join(f"{n} {status}" for status, n in Counter(stats["failed"]).most_common())
             lines.append(f"no valid judge reply after retries: {counts} (left out of the ranking)")
         lines += [Summary(**s).line() for s in stats["scores"].values()]
+        if "expected" in stats:
+            lines.append(
+                f"expected scores: {stats['distinct_totals']} distinct totals where the written values gave "
+                f"{stats['distinct_sampled_totals']}; {stats['expected']['fallback_dimensions']} dimensions "
+                f"without readable probabilities, {stats['expected']['missing_values']} digits without one"
+            )
         lines += [f"warning: {w}" for w in stats["warnings"]]
         return lines
 
@@ -283,6 +337,7 @@ def judge_records(records: list[Record], judge: ChatModel, params: QualityParams
     reply was cut off or never came; the latter is not asked again.
     """
     conversations = [prompt.conversation(r.instruction, r.input, r.output) for r in records]
+    maxima = DIGITS if params.expected else DIMENSIONS
     verdicts: list[Verdict | None] = [None] * len(records)
     pending = list(range(len(records)))
     for attempt in range(params.retries + 1):
@@ -292,22 +347,67 @@ def judge_records(records: list[Record], judge: ChatModel, params: QualityParams
             temperature=params.temperature if attempt == 0 else params.retry_temperature,
             max_tokens=params.max_tokens,
             seed=params.seed + attempt,
+            logprobs=TOP_LOGPROBS if params.expected else 0,
         )
         label = "quality: judge" if attempt == 0 else f"quality: judge retry {attempt}"
         asked = [conversations[i] for i in pending]
-        replies = judge.chat(asked, sampling, json_schema=JUDGE_SCHEMA, label=label)
+        replies = judge.chat(asked, sampling, json_schema=judge_schema(maxima), label=label)
         for index, reply in zip(pending, replies, strict=True):
-            status, scores = parse_judge_reply(reply.text)
+            status, written = parse_judge_reply(reply.text, maxima)
             if status != "ok" and reply.status in _UNANSWERED:
                 status = reply.status
-            total = sum(scores.values()) if scores is not None else None
-            verdicts[index] = Verdict(status, reply.text, attempt, judge.name, scores, total)
+            verdicts[index] = _verdict(status, reply, attempt, judge.name, written, params.expected)
         # Asking again cannot shorten a prompt the model does not accept.
         pending = [i for i in pending if verdicts[i].status not in ("ok", "prompt_too_long")]
     return verdicts  # type: ignore[return-value]
 
 
-def parse_judge_reply(text: str) -> tuple[str, dict[str, int] | None]:
+def _verdict(status: str, reply: Reply, retries: int, model: str, written: dict[str, int] | None,
+             expected: bool) -> Verdict:
+    """The verdict, with every score in points of LIFT's rubric (a digit d of a dimension worth m points is
+    d * m / 9)."""
+    if written is None:
+        return Verdict(status, reply.text, retries, model)
+    if not expected:
+        return Verdict(status, reply.text, retries, model, written, sum(written.values()))
+    scores = {name: written[name] * top / 9 for name, top in DIMENSIONS.items()}
+    read = expected_digits(reply)
+    fallback = [name for name in DIMENSIONS if name not in read]
+    means = {name: read[name][0] * top / 9 if name in read else scores[name] for name, top in DIMENSIONS.items()}
+    return Verdict(status, reply.text, retries, model, scores, sum(scores.values()), means, sum(means.values()),
+                   fallback, sum(10 - read[name][1] for name in read))
+
+
+def expected_digits(reply: Reply) -> dict[str, tuple[float, int]]:
+    """Each dimension's expected digit and how many of the ten digits had a probability, read at the
+    position where the judge wrote that dimension's digit; a dimension whose position or probabilities are
+    not in the reply is absent, and so is one whose value goes on in the next token (a number of several
+    tokens: its first token's probabilities are not the value's). Probabilities are renormalised over the
+    digits read (a digit outside the top logprobs has none); a digit with and without a leading space
+    counts as one value."""
+    found: dict[str, tuple[float, int]] = {}
+    tokens, text = reply.tokens or [], ""
+    for i, (token, top) in enumerate(zip(tokens, reply.logprobs or [])):
+        before = _BEFORE_VALUE.search(text)
+        ends = i + 1 == len(tokens) or not tokens[i + 1].strip()[:1].isdigit()
+        if before and _digit(token) is not None and ends and before.group(1) not in found:
+            probabilities = dict.fromkeys(range(10), 0.0)
+            for candidate, logprob in top.items():
+                if (digit := _digit(candidate)) is not None:
+                    probabilities[digit] += math.exp(logprob)
+            mass = sum(probabilities.values())
+            mean = sum(digit * p for digit, p in probabilities.items()) / mass
+            found[before.group(1)] = (mean, sum(p > 0 for p in probabilities.values()))
+        text += token
+    return found
+
+
+def _digit(token: str) -> int | None:
+    token = token.strip()
+    return int(token) if len(token) == 1 and token.isdigit() else None
+
+
+def parse_judge_reply(text: str, maxima: dict[str, int] = DIMENSIONS) -> tuple[str, dict[str, int] | None]:
     """(status, scores): 'ok' with every dimension's integer score, or why the reply is not a score.
 
     Statuses: empty, invalid_json (no JSON object in the text), missing_field, not_integer, out_of_range.
@@ -321,7 +421,7 @@ def parse_judge_reply(text: str) -> tuple[str, dict[str, int] | None]:
     if any(name not in found for name in DIMENSIONS):
         return "missing_field", None
     scores = {}
-    for name, top in DIMENSIONS.items():
+    for name, top in maxima.items():
         value = found[name]
         # JSON Schema counts 12.0 as an integer; True is a bool, not a score.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
