@@ -33,7 +33,8 @@ def engine_settings() -> dict[str, Any]:
     import torch
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu() or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+    bf16_compute = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if not current_platform.is_cpu() or bf16_compute:
         return {}
     return {"dtype": "float32"}
 

@@ -70,7 +70,9 @@ def configs() -> dict[str, tuple[dict[str, str] | None, dict]]:
         "new with iomp only": (reserve0 | _libs("iomp"), {"+new": True}),
         "new with tcmalloc only": (reserve0 | _libs("tcmalloc"), {"+new": True}),
         "new with bind all": (bind | _libs("tcmalloc", "iomp"), {"+new": True}),
-        "new with nobind": ({"VLLM_CPU_OMP_THREADS_BIND": "nobind"} | _libs("tcmalloc", "iomp"), {"+new": True}),
+        "new with nobind": (
+            {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} | _libs("tcmalloc", "iomp"), {"+new": True}
+        ),
         "new compiled": (None, {"+new": True, "enforce_eager": False}),
         "new with max_num_seqs 16": (None, {"+new": True, "max_num_seqs": 16}),
         "new with max_num_batched_tokens 1024": (None, {"+new": True, "max_num_batched_tokens": 1024}),
@@ -81,7 +83,8 @@ def configs() -> dict[str, tuple[dict[str, str] | None, dict]]:
 
 
 def _allowed(status: str) -> str:
-    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+    lines = status.splitlines()
+    return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Cpus_allowed_list"))
 
 
 def _descendants() -> list[dict]:
@@ -130,8 +133,8 @@ def child(name: str, enhance_count: int, judge_count: int, max_tokens: int) -> d
     env, overrides = configs()[name]
     overrides = dict(overrides)
     spec = models.resolve("rewriter")
-    settings = engine_settings({**spec.vllm, **(cpu_engine.engine_settings() if overrides.pop("+new", False) else {}),
-                                **overrides})
+    new = cpu_engine.engine_settings() if overrides.pop("+new", False) else {}
+    settings = engine_settings({**spec.vllm, **new, **overrides})
     records = read_records(DATA)
     enhance, judge = load_prompt("enhance"), load_prompt("judge", requires=PROMPT_FIELDS)
     warm = records[:WARM_UP]
@@ -142,7 +145,8 @@ def child(name: str, enhance_count: int, judge_count: int, max_tokens: int) -> d
                             structured_outputs=StructuredOutputsParams(json=JUDGE_SCHEMA))
 
     def convs(prompt, batch):
-        return [prompt.conversation(r.instruction, r.input, r.output if prompt is judge else "") for r in batch]
+        return [prompt.conversation(r.instruction, r.input, r.output if prompt is judge else "")
+                for r in batch]
 
     begin = time.perf_counter()
     if env is None:
@@ -257,8 +261,10 @@ def report(args, started, loads, runs: dict[str, Runs]) -> str:
         + "; ".join(f"{when} {value}" for when, value in loads.items()),
         f"- Machine: {machine()}; Python {platform.python_version()}, {versions()}",
         f"- Preload libraries found: {', '.join(preload_libraries()) or 'none'}",
-        "- Model: the rewriter role's `smollm2-135m-instruct` (SmolLM2-135M-Instruct; bfloat16 weights, run in the dtype each configuration gives)",
-        f"- Workload per run: {args.enhance} records through the enhance prompt (max_tokens {args.max_tokens}) "
+        "- Model: the rewriter role's `smollm2-135m-instruct` (SmolLM2-135M-Instruct; bfloat16 weights, "
+        "run in the dtype each configuration gives)",
+        f"- Workload per run: {args.enhance} records through the enhance prompt "
+        f"(max_tokens {args.max_tokens}) "
         f"and {args.judge} through the judge prompt with its JSON schema (max_tokens 96), greedy; "
         f"{first['prompt_tokens']} prompt and {first['output_tokens']} output tokens; {WARM_UP} records of "
         "warm-up through each prompt first, prefix cache emptied before timing",
@@ -268,7 +274,9 @@ def report(args, started, loads, runs: dict[str, Runs]) -> str:
         "## Tokens per second",
         "",
         "Median of the runs. *worker CPUs*: `Cpus_allowed_list` of the engine's worker process (from "
-        "`/proc/PID/status`, i.e. of its main thread) and the distinct ones of its threads (`/proc/PID/task/*/status`); *worker CPU use*: its CPU seconds per second while timed (2.0 = both cores); "
+        "`/proc/PID/status`, i.e. of its main thread) and the distinct ones of its threads "
+        "(`/proc/PID/task/*/status`); *worker CPU use*: its CPU seconds per second while timed "
+        "(2.0 = both cores); "
         "*preloaded*: libraries mapped in the worker; *same replies as old*: every reply identical to old's "
         "first run.",
         "",
@@ -285,7 +293,8 @@ def report(args, started, loads, runs: dict[str, Runs]) -> str:
                                                  for r in side.results) else "no")
         lines.append(
             f"| {name} | {side.output_rate:.0f} | {side.total_rate:.0f} | {ratio} | {each} "
-            f"| {side.median(lambda r: r['start']):.0f} | {work['cpus_allowed']} | {' / '.join(work['thread_cpus'])} "
+            f"| {side.median(lambda r: r['start']):.0f} | {work['cpus_allowed']} "
+            f"| {' / '.join(work['thread_cpus'])} "
             f"| {side.median(lambda r: worker(r)['cpu_share']):.2f} | {preloaded} | {same} |"
         )
     lines += ["", "## Settings of each configuration", ""]
@@ -296,7 +305,8 @@ def report(args, started, loads, runs: dict[str, Runs]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="old,new", help=f"comma-separated, of: {', '.join(configs())}")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
     parser.add_argument("--enhance", type=int, default=32, help="records through the enhance prompt per run")
@@ -319,7 +329,8 @@ def main() -> None:
         for name in names if repeat % 2 == 0 else reversed(names):
             result = run_child(name, args)
             runs[name].results.append(result)
-            print(f"run {repeat + 1}, {name}: {result['output_tokens'] / result['seconds']:.0f} output tok/s, "
+            rate = result["output_tokens"] / result["seconds"]
+            print(f"run {repeat + 1}, {name}: {rate:.0f} output tok/s, "
                   f"{result['seconds']:.1f} s, start {result['start']:.0f} s, worker CPUs "
                   f"{worker(result)['cpus_allowed']}, CPU use {worker(result)['cpu_share']:.2f}",
                   file=sys.stderr, flush=True)
