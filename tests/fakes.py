@@ -24,8 +24,8 @@ class FakeChatCall:
 
 
 class FakeChat:
-    """A `ChatModel` that answers without a model: from `respond(conversation) -> text`, or from a list of
-    canned replies used in order across calls (an error when they run out).
+    """A `ChatModel` that answers without a model: from `respond(conversation) -> text` (or a whole `Reply`),
+    or from a list of canned replies used in order across calls (an error when they run out).
 
     `calls` records every call. `fail_after=k` raises `FakeChatInterrupted` after k replies have been
     delivered through `on_reply` in one call, to simulate an interruption mid-batch. `finish_reason` and
@@ -59,7 +59,11 @@ class FakeChat:
         """Every conversation any call received, in order."""
         return [c for call in self.calls for c in call.conversations]
 
-    def _text(self, conversation: Conversation) -> str:
+    def _reply(self, conversation: Conversation) -> Reply:
+        answer = self._text(conversation)
+        return answer if isinstance(answer, Reply) else Reply(answer, self.finish_reason, self.logprobs)
+
+    def _text(self, conversation: Conversation) -> str | Reply:
         if self._respond is not None:
             return self._respond(conversation)
         if not self._canned:
@@ -76,7 +80,7 @@ class FakeChat:
     ) -> list[Reply]:
         conversations = [list(c) for c in conversations]
         self.calls.append(FakeChatCall(conversations, sampling, json_schema))
-        replies = [Reply(self._text(c), self.finish_reason, self.logprobs) for c in conversations]
+        replies = [self._reply(c) for c in conversations]
         for delivered, index in enumerate(reversed(range(len(replies)))):
             if self.fail_after is not None and delivered >= self.fail_after:
                 raise FakeChatInterrupted(f"FakeChat interrupted after {delivered} replies")
