@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import os
 import signal
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +20,11 @@ from typing import Any
 import click
 
 from . import compare as comparing
-from . import exports, models, pipeline
+from . import exports, judge_eval, models, pipeline
 from .config import load_config
 from .errors import InputError, LiftError, NothingSelected
 from .phases import Local, Phase, all_phases
-from .phases.quality import QualityParams, count_or_fraction
+from .phases.quality import Quality, QualityParams, count_or_fraction
 from .records import atomic_path, parse_field_options, read_records, write_records
 from .report import write_report
 from .workbench import ModelsConfig, Workbench
@@ -58,16 +59,13 @@ def _exit_on_sigterm(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _cache_dir_option() -> click.Option:
-    return click.Option(
-        ["--cache-dir"],
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="LIFT_LOCAL_CACHE",
-        show_envvar=True,
-        default=os.path.join("~", ".cache", "lift-local"),
-        help="Folder of the caches (replies.sqlite, embeddings.sqlite). Every reply and embedding is stored as "
-        "it is made, so a command started again with the same options resumes where it stopped.",
-    )
+# Folder of the caches, for the commands that run outside a run folder.
+_CACHE_DIR = (["--cache-dir"], dict(
+    type=click.Path(file_okay=False, path_type=Path), envvar="LIFT_LOCAL_CACHE", show_envvar=True,
+    default=os.path.join("~", ".cache", "lift-local"),
+    help="Folder of the caches (replies.sqlite, embeddings.sqlite). Every reply and embedding is stored as "
+    "it is made, so a command started again with the same options resumes where it stopped.",
+))
 
 
 def _params(cls: type, **values):
@@ -130,6 +128,9 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
         kind, callback = str, _parsing(meta["parse"])
     else:
         callback = None
+        if hint is bool:
+            return click.Option([f"--{field.name.replace('_', '-')}", field.name], is_flag=True,
+                                default=field.default, help=meta.get("help"))
         if typing.get_origin(hint) is typing.Literal:
             kind = click.Choice(typing.get_args(hint))
         elif hint in (int, float) and ("low" in meta or "high" in meta):
@@ -217,12 +218,76 @@ def _phase_command(cls: type[Phase]) -> click.Command:
     arguments = [click.Argument(["in_path"], metavar="IN", type=click.Path(path_type=Path)),
                  click.Argument(["out_path"], metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))]
     help = inspect.cleandoc(cls.__doc__ or "")
-    return click.Command(cls.name, callback=command, params=[*arguments, *options, click.Option(_FIELD[0], **_FIELD[1]), _cache_dir_option()],
+    return click.Command(cls.name, callback=command, params=[*arguments, *options, click.Option(_FIELD[0], **_FIELD[1]), click.Option(_CACHE_DIR[0], **_CACHE_DIR[1])],
                          help=help)
 
 
 for _cls in all_phases():
     main.add_command(_phase_command(_cls))
+
+
+# --- judge-eval command ---
+
+
+@main.command("judge-eval")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.option("--judge", "judges", multiple=True, required=True, metavar="NAME|FOLDER",
+              help="A judge to evaluate: a registered model (see `lift-local models`) or a model folder; with "
+              "--server, a model the server serves. Repeatable: the judges are ranked side by side.")
+@click.option("--reference-field", default="gpt4_score", help="The field of REFERENCE's records that holds the "
+              "reference score.")
+@click.option("--reference-scale", type=click.FloatRange(0, min_open=True), default=10.0,
+              help="The reference scores' maximum: they are read as 0..MAX.")
+@click.option("--expected", is_flag=True, help="Judge with expected scores (the digit rubric; see `quality "
+              "--expected`): ranks their written and expected totals both.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded random sample of N records.")
+@click.option("--seed", type=int, default=0, help="Seed of the --limit sample and of the random judge.")
+@click.option("--top", metavar="N|FRACTION", default="0.5", callback=_parsing(count_or_fraction),
+              help="Size of the selections compared (the top-half column), as `quality --top`.")
+@click.option("--server", metavar="URL", help="Judges served by this OpenAI-compatible server instead of vLLM in "
+              "this process.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write each judge's scored records (for compare-judges), the table and the figure here.")
+@click.option(*_FIELD[0], **_FIELD[1])
+@click.option(*_CACHE_DIR[0], **_CACHE_DIR[1])
+def judge_eval_command(reference, judges, reference_field, reference_scale, expected, limit, seed, top, server,
+                       out_dir, fields, cache_dir) -> None:
+    """Rank open judges by their agreement with a reference judge (e.g. GPT-4) on REFERENCE's records.
+
+    REFERENCE holds records (instruction, input, output) with a reference score each, such as
+    ../shared/data/mt_bench_gpt4.jsonl. Every judge scores them through the quality phase (same prompts,
+    reply cache: a run started again asks only for what is missing), and each of its scores (written total,
+    expected total, final quality) is compared with the reference: Pearson, Spearman, Kendall, the overlap
+    of the top selections, distinct scores (ties), failures and seconds per 100 records. A random judge and
+    the length score alone are the baselines.
+    """
+    _params(QualityParams, top=top)
+    records = pipeline.sample(read_records(reference, fields), limit, seed)
+    ref = judge_eval.reference_table(str(reference), records, reference_field, reference_scale)
+    rows = [judge_eval.row(name, table, ref, top) for name, table in
+            judge_eval.baseline_tables(records, QualityParams.length_percentile, seed)]
+    for name in judges:
+        click.echo(f"judging {len(records)} records with {name}")
+        phase = Quality(QualityParams(expected=expected, top=len(records)))
+        with Workbench(cache_dir, ModelsConfig(judge=name, server=server)) as bench:
+            started = time.perf_counter()
+            outcome = phase.run(records, Local(bench))
+            seconds = time.perf_counter() - started
+        failures = len(records) - outcome.stats["ok"]
+        rows += [judge_eval.row(label, table, ref, top, failures=failures, seconds_per_100=100 * seconds / len(records))
+                 for label, table in judge_eval.judge_tables(name, outcome)]
+        if out_dir is not None:
+            write_records(out_dir / f"{Path(name).name}{'.expected' if expected else ''}.scores.jsonl",
+                          outcome.side["scores"])
+    rows = judge_eval.ranked(rows)
+    table = judge_eval.format_table(rows, ref)
+    click.echo(table)
+    if out_dir is not None:
+        with atomic_path(out_dir / "judge-eval.txt") as tmp:
+            tmp.write_text(table + "\n", encoding="utf-8")
+        with atomic_path(out_dir / "judge-eval.png") as tmp:
+            judge_eval.figure(rows, ref).savefig(tmp, format="png", dpi=120)
+        click.echo(f"\nscores, table and figure: {out_dir}")
 
 
 # --- models command ---

@@ -92,12 +92,11 @@ def read_records(path: Path | str, fields: Mapping[str, str] | None = None) -> l
     """
     path = Path(path)
     mapping = _check_mapping(fields or {})
-    records = [
-        _normalise(path, where, index, item, mapping) for index, (where, item) in enumerate(_read_items(path))
-    ]
+    items = list(_read_items(path))
+    records = [_normalise(path, where, index, item, mapping) for index, (where, item) in enumerate(items)]
     if not records:
         raise InputError(path, None, "the file holds no records")
-    return _disambiguate_ids(records)
+    return _disambiguate_ids(path, [where for where, _ in items], records)
 
 
 def parse_field_options(options: Iterable[str]) -> dict[str, str]:
@@ -335,10 +334,18 @@ def _normalise(path: Path, where: str, index: int, item: Any, mapping: dict[str,
     else:
         fields = _core_fields(path, where, item)
         extra = {key: value for key, value in item.items() if key not in CORE_FIELDS}
-    if "id" in extra:
-        extra["source_id"] = extra.pop("id")
     provenance = {"origin": "original", "source": {"file": path.name, "index": index}}
-    return Record(**fields, id=content_id(**fields), meta=provenance, extra=extra)
+    return Record(**fields, id=_user_id(path, where, extra.pop("id", None)) or content_id(**fields),
+                  meta=provenance, extra=extra)
+
+
+def _user_id(path: Path, where: str, value: Any) -> str | None:
+    """The record's own id, kept as its id so that scores and results can be matched to the user's data."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(path, where, f"field 'id' must be a string or an integer, got {_json_type(value)}")
+    return str(value)
 
 
 def _core_fields(path: Path, where: str, item: dict) -> dict[str, str]:
@@ -393,13 +400,18 @@ def _from_turns(path: Path, where: str, item: dict, key: str, role_key: str, tex
     return {"instruction": instruction, "input": "", "output": output}, extra
 
 
-def _disambiguate_ids(records: list[Record]) -> list[Record]:
-    """Exact duplicates would share an id; number the repeats so every id names one record."""
+def _disambiguate_ids(path: Path, wheres: list[str], records: list[Record]) -> list[Record]:
+    """Exact duplicates would share a content id; number the repeats so every id names one record. An id
+    of the user's own that repeats is an error: renaming it would break matching on it."""
     seen: dict[str, int] = {}
+    first: dict[str, str] = {}
     result = []
-    for record in records:
+    for where, record in zip(wheres, records, strict=True):
         count = seen.get(record.id, 0)
+        if count and record.id != content_id(record.instruction, record.input, record.output):
+            raise InputError(path, where, f"id {record.id!r} again (first at {first[record.id]}); ids must be unique")
         seen[record.id] = count + 1
+        first.setdefault(record.id, where)
         result.append(record if count == 0 else record.replace(id=f"{record.id}-{count}"))
     return result
 

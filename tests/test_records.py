@@ -51,7 +51,18 @@ def test_jsonl(tmp_path):
     path = write(tmp_path, "r.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n\n")
     records = read_records(path)
     assert [(r.instruction, r.input, r.output) for r in records] == [("a", "x", "b"), ("c", "", "d")]
-    assert records[0].extra == {"source_id": 7}  # a source's own id is kept, ours is content-derived
+    assert [r.id for r in records] == ["7", content_id("c", "", "d")]  # the source's own id, else from content
+    assert records[0].extra == {}
+
+
+def test_user_ids_are_kept_and_must_be_unique(tmp_path):
+    lines = [{"instruction": "a", "output": "b", "id": "q-1"}, {"instruction": "c", "output": "d", "id": "q-1"}]
+    path = write(tmp_path, "r.jsonl", "\n".join(json.dumps(x) for x in lines))
+    with pytest.raises(InputError, match=r"r.jsonl:line 2: id 'q-1' again \(first at line 1\); ids must be unique"):
+        read_records(path)
+    path = write(tmp_path, "bad.jsonl", json.dumps({"instruction": "a", "output": "b", "id": [1]}))
+    with pytest.raises(InputError, match=r"bad.jsonl:line 1: field 'id' must be a string or an integer, got an array"):
+        read_records(path)
 
 
 def test_sharegpt(tmp_path):
