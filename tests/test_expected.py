@@ -1,11 +1,12 @@
 """Expected scores from the judge's token probabilities: the arithmetic against a hand computation, the
 fallback when a distribution cannot be read (counted, never a silent default), and the phase ranking by them."""
 
+import json
 import math
 
 import pytest
 
-from fakes import FakeChat, run_phase
+from fakes import FakeChat, last_user_message, run_phase
 from lift_local.llm import Reply
 from lift_local.phases.quality import DIGITS, DIMENSIONS, Quality, QualityParams, Verdict, expected_digits, judge_schema
 from lift_local.records import Record, content_id
@@ -95,3 +96,29 @@ def test_the_phase_ranks_by_expected_scores_counts_fallbacks_and_keeps_both_scor
     assert outcome.stats["expected"] == {"records_with_fallback": 1, "fallback_dimensions": 1, "missing_values": 3 * (8 + 9 * 3) + (8 + 9 * 2)}
     assert outcome.stats["distinct_sampled_totals"] == 1 and outcome.stats["distinct_totals"] == 2
     assert any("use the score the judge wrote" in w for w in outcome.stats["warnings"])
+
+
+def test_a_run_with_expected_scores_reports_them_beside_the_written_ones(tmp_path, real_sample, cli_models):
+    """The report of a real pipeline run (fake judge) shows the expected totals and the ties they broke."""
+    from click.testing import CliRunner
+
+    from lift_local.cli import main
+
+    def respond(conversation):
+        n = len(last_user_message(conversation))
+        return judge_reply({"clarity": 5, "difficulty": 5, "explanation": 5, "accuracy": 5},
+                           {"accuracy": {"5": 0.5, str(n % 10): 0.5}})
+
+    cli_models["judge"] = FakeChat(respond, name="fake-judge")
+    sample = real_sample("code_alpaca_2k.json", list(range(12)))
+    argv = ["run", str(sample), "--out", str(tmp_path / "run"), "--skip", "enhance", "--skip", "expand",
+            "--skip", "variety", "--set", "quality.expected=true", "--set", "quality.top=4"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "run" / "manifest.json").read_text())["phases"]["quality"]["stats"]
+    assert stats["distinct_sampled_totals"] == 1 and stats["distinct_totals"] > 1
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert f"take {stats['distinct_totals']} distinct values where the written totals take 1" in report
+    # The written totals are all equal, which alone would be warned about; the selection ranks by the
+    # expected totals, which spread, so the uniformity check looks at those.
+    assert stats["uniform_warning"] is False and "nearly uniform" not in report

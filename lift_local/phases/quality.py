@@ -495,8 +495,9 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
         rest_quality = [r.meta["quality"] for r in judged if r.id not in kept_ids]
         cutoff = min(kept_quality) if kept_quality else None
         totals = [Verdict.of(r).total for r in judged]
+        expected = [Verdict.of(r).expected_total for r in judged if Verdict.of(r).expected_total is not None]
         figure = _scores_figure(
-            totals, report.meta_values(scored, "length_score"), kept_quality, rest_quality, cutoff
+            totals, expected, report.meta_values(scored, "length_score"), kept_quality, rest_quality, cutoff
         )
         alt = "Histograms of judge total, length score and final quality, with the kept records' cut-off."
         params = entry.params
@@ -509,6 +510,12 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
             + (f": every kept record scores at least {cutoff:.1f}." if cutoff is not None else ".")
             + " When the judge's totals bunch together, the length score decides most of the selection."
         )
+        if expected:
+            caption += (
+                f" Expected totals (the probability-weighted scores the selection ranks by) take "
+                f"{len(set(expected))} distinct values where the written totals take {len(set(totals))}: "
+                f"they broke {len(set(expected)) - len(set(totals))} ties."
+            )
         plots.append(report.as_plot("scores", figure, alt=alt, caption=caption))
     ranked = sorted(judged, key=lambda r: r.meta["quality"], reverse=True)
     examples = report.examples_html(
@@ -546,28 +553,35 @@ def _dimensions_figure(scores: dict[str, list[int]]) -> Figure:
 
 
 def _scores_figure(
-    totals: list[int], lengths: list[float], kept: list[float], rest: list[float], cutoff: float | None
+    totals: list[float], expected: list[float], lengths: list[float], kept: list[float], rest: list[float],
+    cutoff: float | None,
 ) -> Figure:
-    figure, (total_ax, length_ax, final_ax) = report.new_figure(10, 2.8, ncols=3, histogram=True)
+    """Judge total (and the expected total beside it, where there is one), length score, final quality."""
+    figure, axes = report.new_figure(12 if expected else 10, 2.8, ncols=4 if expected else 3, histogram=True)
     bins = np.linspace(0, 100, 41)
-    total_ax.hist(totals, bins=bins, color=report.BLUE)
-    total_ax.set(title="judge total", xlabel="score", ylabel="records")
-    length_ax.hist(lengths, bins=bins, color=report.BLUE)
-    length_ax.set(title="length score", xlabel="score")
-    report.selection_histogram(final_ax, kept, rest, bins, "not kept", cutoff, "cut-off {:.1f}")
-    final_ax.set(title="final quality", xlabel="score")
-    final_ax.legend(frameon=False, loc="upper left")
-    for ax in (total_ax, length_ax, final_ax):
+    histograms = [("judge total, written" if expected else "judge total", totals)]
+    histograms += [("judge total, expected", expected)] if expected else []
+    histograms += [("length score", lengths)]
+    for ax, (title, values) in zip(axes, histograms):
+        ax.hist(values, bins=bins, color=report.BLUE)
+        ax.set(title=title, xlabel="score")
+    axes[0].set_ylabel("records")
+    report.selection_histogram(axes[-1], kept, rest, bins, "not kept", cutoff, "cut-off {:.1f}")
+    axes[-1].set(title="final quality", xlabel="score")
+    axes[-1].legend(frameon=False, loc="upper left")
+    for ax in axes:
         ax.set_xlim(0, 100)
     return figure
 
 
 def _quality_facts(record: Record) -> list[tuple[str, str]]:
     verdict = Verdict.of(record)
-    dims = ", ".join(f"{dim[:4]} {verdict.scores[dim]}" for dim in DIMENSIONS)
+    dims = ", ".join(f"{dim[:4]} {verdict.scores[dim]:.3g}" for dim in DIMENSIONS)
+    expected = [] if verdict.expected_total is None else [("expected", f"{verdict.expected_total:.1f}")]
     return [
         ("quality", f"{record.meta['quality']:.1f}"),
-        ("judge", f"{verdict.total} ({dims})"),
+        ("judge", f"{verdict.total:.3g} ({dims})"),
+        *expected,
         ("length", f"{record.meta.get('length_score', 0):.0f}"),
     ]
 
