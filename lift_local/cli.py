@@ -389,10 +389,10 @@ def report_command(run_dir) -> None:
 )
 @click.option(
     "--field",
-    type=click.Choice(["total", "quality"]),
+    type=click.Choice(list(comparing.FIELDS)),
     default="total",
-    help="Which score of lift-local's own output to compare: the judge's total, or the final quality "
-    "(judge total and length score combined).",
+    help="Which score of lift-local's own output to compare: the judge's written total, its expected total "
+    "(quality --expected), or the final quality (judge total and length score combined).",
 )
 @click.option(
     "--scale-a",

@@ -30,7 +30,8 @@ from .errors import InputError, NothingToCompare
 from .phases.quality import DIMENSIONS, QualityParams, Verdict
 from .records import META_KEY, Record, parse_json_items, read_text
 
-FIELDS = ("total", "quality")  # which lift-local score is compared: the judge's total or the final quality
+# Which lift-local score is compared: the judge's written total, its expected total, or the final quality.
+FIELDS = {"total": "judge total", "expected": "expected judge total", "quality": "final quality"}
 
 _INDEX_LINE = re.compile(r"\s*\d+\t")
 
@@ -105,7 +106,7 @@ def load_scores(
     100 if any score exceeds 10, else 10. Rubric dimensions are always on the rubric's own maxima.
     """
     if field not in FIELDS:
-        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
+        raise ValueError(f"field must be one of {', '.join(FIELDS)}, got {field!r}")
     if scale is not None and not scale > 0:
         raise ValueError(f"scale must be positive, got {scale!r}")
     path = Path(path)
@@ -119,7 +120,7 @@ def load_scores(
     else:
         delimiter = "\t" if "\t" in first_line else ","
         rows, kind = _table_rows(path, raw, delimiter), "TSV" if delimiter == "\t" else "CSV"
-    what = "judge total" if field == "total" else "final quality"
+    what = FIELDS[field]
     return _build_table(path, kind, f"lift-local {what}", list(rows), scale)
 
 
@@ -151,9 +152,10 @@ def _lift_local_row(path: Path, where: str, record_id: str, meta: dict, field: s
     verdict = Verdict.from_json(judge) if isinstance(judge, dict) else None
     if verdict is None or not verdict.ok:
         return _Row(where, record_id, None, {}, lift_local=True)
-    total = verdict.total if field == "total" else meta.get(field)
+    total = {"total": verdict.total, "expected": verdict.expected_total}.get(field, meta.get(field))
     if total is None:
-        hint = "" if field == "total" else " (was the file written by the quality phase?)"
+        hint = {"total": "", "expected": " (was it judged with --expected?)"}.get(
+            field, " (was the file written by the quality phase?)")
         raise InputError(path, where, f"the judge's status is ok but it has no {field} score{hint}")
     dimensions = _rubric_fields(verdict.scores) if isinstance(verdict.scores, dict) else {}
     return _Row(where, record_id, total, dimensions, lift_local=True)

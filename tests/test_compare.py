@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SHARED_DATA
 from fakes import FakeChat, last_user_message, run_phase
 from matplotlib.image import imread
 from scipy import stats
@@ -423,3 +424,17 @@ def test_bad_options_are_usage_errors(option, message, five, tmp_path):
     result = run(path, path, *option)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_scores_match_a_reference_keyed_by_the_users_own_ids(tmp_path, cli_models):
+    """`quality --scores` on records with ids of their own, against GPT-4's scores keyed by those ids."""
+    rows = [json.loads(line) for line in (SHARED_DATA / "mt_bench_gpt4.jsonl").read_text().splitlines()][:30]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "gpt4.jsonl").write_text("".join(json.dumps({"id": r["id"], "score": r["gpt4_score"]}) + "\n" for r in rows))
+    cli_models["judge"] = FakeChat(lambda c: json.dumps({"clarity": 9, "difficulty": 9, "explanation": 9, "accuracy": len(c[-1]["content"]) % 36}))
+    args = ["quality", str(tmp_path / "answers.jsonl"), str(tmp_path / "kept.jsonl"), "--top", "5",
+            "--scores", str(tmp_path / "ours.jsonl"), "--cache-dir", str(tmp_path / "cache")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    result = CliRunner().invoke(main, ["compare-judges", str(tmp_path / "ours.jsonl"), str(tmp_path / "gpt4.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "records: 30 matched, 0 only in A, 0 only in B" in result.output
