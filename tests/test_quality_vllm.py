@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from lift_local.cli import main
-from lift_local.phases.quality import DIMENSIONS
+from lift_local.phases.quality import DIMENSIONS, Verdict
 from lift_local.records import read_records
 
 pytestmark = pytest.mark.vllm
@@ -34,3 +34,20 @@ def test_quality_command_with_real_judge(smollm, real_sample, tmp_path):
     assert len(read_records(baseline)) == 3
     for name in (*DIMENSIONS, "total", "quality"):
         assert f"\n{name} " in run.output
+
+
+def test_expected_scores_with_real_judge_lie_in_range_and_break_ties(smollm, real_sample, tmp_path):
+    source = real_sample("code_alpaca_2k.json", list(range(100, 112)))
+    scores = tmp_path / "scores.jsonl"
+    args = ["quality", str(source), str(tmp_path / "kept.jsonl"), "--top", "4", "--judge", smollm.name, "--expected",
+            "--scores", str(scores), "--cache-dir", str(tmp_path / "cache")]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    verdicts = [Verdict.of(r) for r in read_records(scores)]
+    judged = [v for v in verdicts if v.ok]
+    assert len(judged) >= 10, run.output
+    for verdict in judged:
+        assert verdict.fallback == [] and verdict.missing_values == 0  # every digit read at every dimension
+        assert all(0 <= verdict.expected[d] <= top for d, top in DIMENSIONS.items())
+        assert verdict.expected_total == pytest.approx(sum(verdict.expected.values()))
+    assert len({v.expected_total for v in judged}) > len({v.total for v in judged})  # ties the integers left
