@@ -6,10 +6,13 @@ descriptors it inherits, and libraries (vLLM, transformers, torch) hold on to th
 when they set up logging. So while a command works, file descriptors 1 and 2 themselves point at the log
 file, and lift-local writes its own output to copies of the terminal's descriptors: `stdout()` and
 `stderr()`. Streams that are not file descriptors 1 and 2 (click's test runner) are left as they are.
+Engines still running when the process ends shut down after the command, logging as they go: that output
+goes to the last log file too.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ LOG_NAME = "lift-local.log"
 
 _terminal: dict[int, TextIO] = {}  # fd -> lift-local's own stream for what that fd showed before
 _log: Path | None = None
+_last_log: Path | None = None  # where the process's last words go (see `_last_words_to_log`)
 
 
 def stdout() -> TextIO:
@@ -43,7 +47,7 @@ def full_log() -> str:
 def logs_to(path: Path | None, title: str) -> Iterator[None]:
     """While inside, everything but lift-local's own output is appended to the file `path`, under a line
     naming `title` and the time; with None (--verbose) everything stays on the terminal."""
-    global _log
+    global _log, _last_log
     if path is None:
         yield
         return
@@ -72,6 +76,22 @@ def logs_to(path: Path | None, title: str) -> Iterator[None]:
                 os.close(saved[fd])
                 if own[fd] is not stream:
                     own[fd].close()
+            if _last_log is None:  # registered after the engines' own exit handlers, so it runs before them
+                atexit.register(_last_words_to_log)
+            _last_log = path
+
+
+def _last_words_to_log() -> None:
+    """At exit, after click or Python printed any error: file descriptors 1 and 2 to the last log file."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        fd = os.open(_last_log, os.O_WRONLY | os.O_APPEND)
+    except OSError:  # the folder is gone
+        return
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _copy(stream: TextIO, fd: int) -> TextIO:
