@@ -9,17 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
 from lift_local import runlock
 from lift_local.cli import main
 from lift_local.errors import RunFolderInUse
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def python(code: str, **options) -> subprocess.Popen:
