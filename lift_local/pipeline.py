@@ -126,8 +126,9 @@ def _estimate(phases: list[Phase], records: int, seconds_per_reply: float, pace_
     if not replies:
         return None
     minutes = round(replies * seconds_per_reply / 60)
-    left = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min" if minutes else "under a minute"
-    return (f"estimate: the rest of the run takes up to about {left} ({replies} replies at most, "
+    left = f"up to about {minutes // 60} h {minutes % 60} min" if minutes >= 60 else \
+        f"up to about {minutes} min" if minutes else "less than a minute"
+    return (f"estimate: the rest of the run takes {left} ({replies} replies at most, "
             f"at {seconds_per_reply:.2f} s each as in {pace_of})")
 
 
