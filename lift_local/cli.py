@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from . import compare as comparing
-from . import exports, judge_eval, models, pipeline
+from . import console, exports, judge_eval, models, pipeline, runlock
 from .config import load_config
 from .errors import InputError, LiftError, NothingSelected
 from .phases import Local, Phase, all_phases
@@ -110,6 +110,21 @@ def _fields(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
         raise click.BadParameter(str(err)) from None
 
 
+_VERBOSE = (["-v", "--verbose"], dict(
+    is_flag=True, help=f"Show the engines' and libraries' logs live instead of appending them to {console.LOG_NAME} "
+    "(in the run folder for `run`, else in the cache folder).",
+))
+
+
+def _say(line: str = "") -> None:
+    """One of lift-local's own lines: on the terminal, even while the engines' logs go to the log file."""
+    click.echo(line, file=console.stdout())
+
+
+def _log_path(folder: Path, verbose: bool) -> Path | None:
+    return None if verbose else Path(folder).expanduser() / console.LOG_NAME
+
+
 _FIELD = (["--field", "fields"], dict(
     multiple=True, metavar="NAME=COLUMN", callback=_fields,
     help="Read the input's COLUMN as lift-local's NAME (instruction, input or output), e.g. "
@@ -188,6 +203,12 @@ def _phase_command(cls: type[Phase]) -> click.Command:
         for side, holds in cls.sides.items()
     ]
 
+    def logged(verbose: bool, **given: Any) -> None:
+        """The command, its engines' and libraries' logs in the cache folder's log file unless --verbose."""
+        title = f"lift-local {cls.name} {given['in_path']} {given['out_path']}"
+        with console.logs_to(_log_path(given["cache_dir"], verbose), title):
+            command(**given)
+
     def command(in_path: Path, out_path: Path, cache_dir: Path, fields: dict[str, str], **chosen: Any) -> None:
         phase = cls(_params(cls.Params, **{field.name: chosen.pop(field.name) for field in parameters}))
         prompts = {template: str(chosen.pop(option)) for option, template in phase.templates().items()
@@ -197,6 +218,7 @@ def _phase_command(cls: type[Phase]) -> click.Command:
         records = read_records(in_path, fields)
         with Workbench(cache_dir, ModelsConfig(**chosen), prompts) as bench:
             bench.phase_prompts(phase)  # a bad template fails before any model loads
+            _say(f"{cls.name}: {len(records)} records from {in_path}")
             try:
                 outcome = phase.run(records, Local(bench))
             except NothingSelected as err:
@@ -205,20 +227,21 @@ def _phase_command(cls: type[Phase]) -> click.Command:
             if path is not None:
                 write_records(path, outcome.side[side])
         for line in phase.summary(outcome):
-            click.echo(line)
+            _say(line)
         if not outcome.records:
             written = [str(path) for path in sides.values() if path is not None]
             raise NothingSelected(f"{phase.why_empty(outcome)}; nothing written" + (f" but {', '.join(written)}" if written else ""))
         write_records(out_path, outcome.records)
-        click.echo(f"{len(outcome.records)} of {len(records)} records → {out_path}")
+        _say(f"{len(outcome.records)} of {len(records)} records → {out_path}")
         for side, path in sides.items():
             if path is not None:
-                click.echo(f"{side}: {len(outcome.side[side])} records → {path}")
+                _say(f"{side}: {len(outcome.side[side])} records → {path}")
 
     arguments = [click.Argument(["in_path"], metavar="IN", type=click.Path(path_type=Path)),
                  click.Argument(["out_path"], metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))]
     help = inspect.cleandoc(cls.__doc__ or "")
-    return click.Command(cls.name, callback=command, params=[*arguments, *options, click.Option(_FIELD[0], **_FIELD[1]), click.Option(_CACHE_DIR[0], **_CACHE_DIR[1])],
+    return click.Command(cls.name, callback=logged, params=[*arguments, *options, click.Option(_FIELD[0], **_FIELD[1]), click.Option(_CACHE_DIR[0], **_CACHE_DIR[1]),
+                                                            click.Option(_VERBOSE[0], **_VERBOSE[1])],
                          help=help)
 
 
@@ -250,8 +273,9 @@ for _cls in all_phases():
               help="Also write each judge's scored records (for compare-judges), the table and the figure here.")
 @click.option(*_FIELD[0], **_FIELD[1])
 @click.option(*_CACHE_DIR[0], **_CACHE_DIR[1])
+@click.option(*_VERBOSE[0], **_VERBOSE[1])
 def judge_eval_command(reference, judges, reference_field, reference_scale, expected, limit, seed, top, server,
-                       out_dir, fields, cache_dir) -> None:
+                       out_dir, fields, cache_dir, verbose) -> None:
     """Rank open judges by their agreement with a reference judge (e.g. GPT-4) on REFERENCE's records.
 
     REFERENCE holds records (instruction, input, output) with a reference score each, such as
@@ -267,9 +291,11 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
     rows = [judge_eval.row(name, table, ref, top) for name, table in
             judge_eval.baseline_tables(records, QualityParams.length_percentile, seed)]
     for name in judges:
-        click.echo(f"judging {len(records)} records with {name}")
+        _say(f"judging {len(records)} records with {name}")
         phase = Quality(QualityParams(expected=expected, top=len(records)))
-        with Workbench(cache_dir, ModelsConfig(judge=name, server=server)) as bench:
+        log = _log_path(cache_dir, verbose)
+        with console.logs_to(log, f"lift-local judge-eval {reference} --judge {name}"), \
+                Workbench(cache_dir, ModelsConfig(judge=name, server=server)) as bench:
             started = time.perf_counter()
             outcome = phase.run(records, Local(bench))
             seconds = time.perf_counter() - started
@@ -351,7 +377,8 @@ def models_prepare(name: str | None, quiet: bool) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Reply and embedding caches. [default: OUT/cache]")
 @click.option(*_FIELD[0], **_FIELD[1])
-def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, fields) -> None:
+@click.option(*_VERBOSE[0], **_VERBOSE[1])
+def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, fields, verbose) -> None:
     """Run every phase on IN, in order, into the run folder --out.
 
     IN is a record file (JSON, JSONL, CSV, TSV, Parquet) or a Hugging Face `datasets` folder.
@@ -362,12 +389,16 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
     """
     config = load_config(Path(config_path) if config_path else None, overrides, skip)
     out_dir = Path(out_dir)
-    with Workbench(Path(cache_dir) if cache_dir else out_dir / "cache", config.models, config.prompts) as bench:
-        manifest = pipeline.run(Path(in_path), out_dir, config, bench, limit=limit, seed=seed, formats=formats,
-                                fields=fields, echo=click.echo)
-    report_path = write_report(out_dir)
-    exported = "".join(f"\n  as {fmt}:   {out_dir / name}" for fmt, name in manifest.exports.items())
-    click.echo(f"\nCurated data: {out_dir / manifest.curated}{exported}\nReport:       {report_path}")
+    title = f"lift-local run {in_path} --out {out_dir}"
+    with runlock.hold(out_dir, title), console.logs_to(_log_path(out_dir, verbose), title):
+        with Workbench(Path(cache_dir) if cache_dir else out_dir / "cache", config.models, config.prompts) as bench:
+            manifest = pipeline.run(Path(in_path), out_dir, config, bench, limit=limit, seed=seed, formats=formats,
+                                    fields=fields, echo=_say)
+        report_path = write_report(out_dir)
+        exported = "".join(f"\n  as {fmt}:   {out_dir / name}" for fmt, name in manifest.exports.items())
+        _say(f"\nCurated data: {out_dir / manifest.curated}{exported}\nReport:       {report_path}")
+        if not verbose:
+            _say(f"Log:          {out_dir / console.LOG_NAME}")
 
 
 @main.command("report")
@@ -445,3 +476,7 @@ def compare_judges(a, b, records, field, scale_a, scale_b, top, bins, figure_pat
         with atomic_path(figure_path) as tmp:
             comparing.figure(table_a, table_b, comparison).savefig(tmp, format="png", dpi=120)
         click.echo(f"\nfigure: {figure_path}")
+
+
+if __name__ == "__main__":  # `python -m lift_local.cli`: how the tests run this checkout
+    main(prog_name="lift-local")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from lift_local import console
 from lift_local.store import Store
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class Embedder:
         chunk_size = self.batch_size * _BATCHES_PER_CHUNK
         model = self.model  # load before the progress bar starts
         encoded: dict[str, bytes] = {}
-        with tqdm(total=len(keys), desc="embedding", unit="text", dynamic_ncols=True) as progress:
+        with tqdm(total=len(keys), desc="embedding", unit="text", file=console.stderr(), dynamic_ncols=True) as progress:
             for start in range(0, len(keys), chunk_size):
                 chunk = keys[start : start + chunk_size]
                 vectors = model.encode(

@@ -34,3 +34,20 @@ class NothingToCompare(LiftError):
 
 class NothingSelected(LiftError):
     """A phase that could not keep any record, e.g. a judge that gave no valid reply at all."""
+
+
+class RunFolderInUse(LiftError):
+    """A run folder that another `lift-local run` is working in."""
+
+
+class BackendError(LiftError):
+    """A model backend that failed while answering: a vLLM engine that died, a server that stopped. The
+    reply cache adds how many replies are stored and how to resume."""
+
+
+class EngineError(BackendError):
+    """The vLLM engine in this process failed to start or died; the message says where its log is."""
+
+
+class ServerError(BackendError):
+    """An OpenAI-compatible server that cannot be reached, or answered with an error."""

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import console
 from .errors import ModelError
 
 ROLES = ("rewriter", "judge", "embedder")
@@ -350,7 +351,7 @@ def _assemble(name: str, assembly: Assembly, target: Path) -> None:
 
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        print(message, file=console.stderr(), flush=True)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

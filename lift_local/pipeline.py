@@ -61,6 +61,7 @@ def run(
     decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
     upstream = _digest(manifest.input)
     current: list[Record] | None = records
+    estimated = False  # once, after the first phase that asked a model for replies
     for number, phase in enumerate(config.phases, start=1):
         label = f"[{number}/{len(config.phases)}] {phase.name}"
         if phase not in active:
@@ -77,7 +78,8 @@ def run(
         else:
             if current is None:
                 current = read_records(out_dir / _last_output(manifest))
-            started = time.perf_counter()
+            echo(f"{label}: started on {len(current)} records")
+            started, asked = time.perf_counter(), bench.replies_asked()
             outcome = phase.run(current, Local(bench))
             entry = _write_phase(out_dir, number, phase, outcome)
             entry.fingerprint, entry.params, entry.records_in = fingerprint, params, len(current)
@@ -86,6 +88,15 @@ def run(
             manifest.save(out_dir)
             current = outcome.records
             echo(f"{label}: {entry.records_in} → {entry.records_out} records in {entry.seconds} s")
+            for line in phase.summary(outcome):
+                echo(f"    {line}")
+            asked = bench.replies_asked() - asked
+            if not estimated and asked:
+                estimated = True
+                later = active[active.index(phase) + 1:]
+                estimate = _estimate(later, len(current), entry.seconds / asked, phase.name)
+                if estimate:
+                    echo(estimate)
         upstream = entry.output_sha256
     curated = current if current is not None else read_records(out_dir / _last_output(manifest))
     write_records(out_dir / CURATED, curated)
@@ -103,6 +114,22 @@ def sample(records: list[Record], limit: int | None, seed: int) -> list[Record]:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
     return [records[i] for i in chosen]
+
+
+def _estimate(phases: list[Phase], records: int, seconds_per_reply: float, pace_of: str) -> str | None:
+    """How long the `phases` would take on `records` records at the pace measured so far. Only model replies
+    are counted (they take nearly all of a run's time), as many as each phase may ask; None if no reply."""
+    replies = 0
+    for phase in phases:
+        asks, records = phase.workload(records)
+        replies += asks
+    if not replies:
+        return None
+    minutes = round(replies * seconds_per_reply / 60)
+    left = f"up to about {minutes // 60} h {minutes % 60} min" if minutes >= 60 else \
+        f"up to about {minutes} min" if minutes else "less than a minute"
+    return (f"estimate: the rest of the run takes {left} ({replies} replies at most, "
+            f"at {seconds_per_reply:.2f} s each as in {pace_of})")
 
 
 def _write_phase(out_dir: Path, number: int, phase: Phase, outcome: Outcome) -> PhaseEntry:

@@ -57,6 +57,10 @@ class Workbench:
             self._built[role] = CachedChat(model, self._store("replies"))
         return self._built[role]
 
+    def replies_asked(self) -> int:
+        """How many replies the chat models have given so far (not those taken from the cache)."""
+        return sum(model.asked for role, model in self._built.items() if role != "embedder")
+
     def embedder(self) -> Embedder:
         if "embedder" not in self._built:
             folder = models.ensure_present(models.resolve("embedder", self.models.embedder))

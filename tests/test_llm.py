@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fakes import FakeChat, FakeChatInterrupted, last_user_message
 
+from lift_local.errors import ServerError
 from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling
 from lift_local.llm.cache import CachedChat, reply_key
 from lift_local.llm.server import ServerChat
@@ -170,7 +171,8 @@ def test_fake_canned_replies_follow_input_order():
 
 class StandInServer(ThreadingHTTPServer):
     """Speaks just enough of the OpenAI API: echoes the last user message, slowly, and answers the first
-    request for each message with 503 (and a short retry-after-ms) to exercise the client's retries."""
+    request for each message with 503 (and a short retry-after-ms) to exercise the client's retries.
+    With `answers` set, it breaks after that many answers: 500 to every request from then on."""
 
     daemon_threads = True
 
@@ -180,6 +182,7 @@ class StandInServer(ThreadingHTTPServer):
         self.in_flight = self.max_in_flight = 0
         self.failed: set[str] = set()
         self.requests: list[dict] = []
+        self.answers: int | None = None
 
     @property
     def url(self) -> str:
@@ -207,6 +210,13 @@ class StandInHandler(BaseHTTPRequestHandler):
         server: StandInServer = self.server
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         content = request["messages"][-1]["content"]
+        with server.lock:
+            broken = server.answers is not None and server.answers <= 0
+            if server.answers is not None:
+                server.answers -= 1
+        if broken:
+            self.send(500, {"error": {"message": "engine dead"}})
+            return
         with server.lock:
             server.requests.append(request)
             first_time = content not in server.failed
@@ -245,7 +255,22 @@ def test_server_chat_retries_bounds_concurrency_and_keeps_order(stand_in):
     assert 1 < stand_in.max_in_flight <= 3  # requests overlap, up to the bound
     sent = stand_in.requests[0]
     assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
-    assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["seed"]) == (0.7, 0.95, 1024, 0)
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.7, 0.95, 1024)
+    assert "seed" not in sent  # vLLM on CPU kills its engine on seeded requests
+
+
+def test_a_server_that_breaks_mid_batch_is_a_clear_error_and_the_rerun_asks_only_the_rest(stand_in, store):
+    stand_in.answers = 8  # 4 replies, each after a 503
+    chat = CachedChat(ServerChat(stand_in.url, "served", max_concurrency=1, max_retries=1), store)
+    with pytest.raises(ServerError) as failed:
+        chat.chat(conversations(9), Sampling(), label="enhance")
+    assert str(failed.value).startswith(f"the server at {stand_in.url} failed: HTTP 500")
+    assert "4 of the 9 replies of enhance are stored" in str(failed.value)
+    assert "run the same command again" in str(failed.value)
+    stand_in.answers, stand_in.requests = None, []
+    replies = chat.chat(conversations(9), Sampling(), label="enhance")
+    assert [r.text for r in replies] == [f"echo question {i}" for i in range(9)]
+    assert {r["messages"][-1]["content"] for r in stand_in.requests} == {f"question {i}" for i in range(4, 9)}
 
 
 def test_server_chat_ignores_openai_and_proxy_environment(stand_in, monkeypatch):

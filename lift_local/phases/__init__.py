@@ -190,6 +190,12 @@ class Phase:
         """The lines its command prints after the phase ran."""
         return []
 
+    def workload(self, records: int) -> tuple[int, int]:
+        """About how many model replies the phase asks for on `records` input records, and how many records
+        it passes on, for the run's time estimate: by default a reply per record if it has a chat role, and
+        every record passed on."""
+        return (records if {"rewriter", "judge"} & set(self.roles) else 0), records
+
     def why_empty(self, outcome: Outcome) -> str:
         """Why the phase kept no record, for its command's error."""
         return f"{self.name} kept no record"

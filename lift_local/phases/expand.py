@@ -132,6 +132,10 @@ class Expand(Phase, name="expand", title="Expansion", params=ExpandParams, order
             answered.append(Mapped(record, reply.status))
         return answered
 
+    def workload(self, records: int) -> tuple[int, int]:
+        """At most: each round rewrites and answers as many records as there are, every one usable."""
+        return 2 * self.params.rounds * records, (1 + self.params.rounds) * records
+
     def summary(self, outcome: Outcome) -> list[str]:
         stats = outcome.stats
         lines = [f"{stats['records'] - stats['new']} records + {stats['new']} new = {stats['records']}"]

@@ -154,6 +154,9 @@ class Variety(Phase, name="variety", title="Variety compression", params=Variety
         keep = np.flatnonzero(is_kept).tolist()
         return Selection(keep, {"dropped": np.flatnonzero(~is_kept).tolist()}, meta, chosen.stats())
 
+    def workload(self, records: int) -> tuple[int, int]:
+        return 0, round(self.params.keep * records)
+
     def summary(self, outcome: Outcome) -> list[str]:
         stats, n = outcome.stats, outcome.stats["records_in"]
         return [
