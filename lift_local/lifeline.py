@@ -4,8 +4,10 @@
 engine down: the EngineCore process would live on, re-parented and busy, holding a GPU's memory. So before
 an engine starts, `guard()` starts a watchdog (this file run as a script) whose standard input is a pipe
 that only lift-local holds open. Every second the watchdog notes lift-local's descendants; when the pipe
-reaches end-of-file, lift-local has ended, and the watchdog terminates (then kills) those still running.
-After a clean exit there are none left.
+reaches end-of-file, lift-local has ended, and the watchdog terminates (then kills) those still running,
+and every process that carries lift-local's mark in its environment (`MARK`, which every process started
+after `guard()` inherits): that catches one started in the last second, before a look could note it, and
+already re-parented when lift-local died. After a clean exit there are none left.
 
 vLLM forks its engine on CPU, and a forked child keeps every file descriptor, even close-on-exec ones: a
 child holding the pipe would keep the watchdog waiting, and one holding the run lock would keep the run
@@ -23,6 +25,7 @@ import subprocess
 import sys
 
 POLL_SECONDS = 1.0  # how often the watchdog looks for new descendants
+MARK = "LIFT_LOCAL_LIFELINE"  # in the environment of what lift-local starts: the pid of the lift-local it belongs to
 GRACE_SECONDS = 10.0  # after SIGTERM, before SIGKILL: vLLM's engine frees its memory on SIGTERM
 
 _private: set[int] = set()
@@ -62,6 +65,7 @@ def guard() -> None:
                                  stdout=subprocess.DEVNULL)
     os.close(read)
     private_fd(write)  # never closed here: the kernel closes it when this process ends
+    os.environ[MARK] = str(os.getpid())
 
 
 def _watch(parent_pid: int) -> None:
@@ -83,7 +87,7 @@ def _watch(parent_pid: int) -> None:
             children = []
         # Kept, not replaced: once the parent is gone its children no longer show as its descendants.
         known = {p for p in known if p.is_running()} | {p for p in children if p.pid != me}
-    left = [p for p in known if p.is_running()]
+    left = [p for p in known if p.is_running()] + [p for p in _marked(str(parent_pid)) if p.pid != me and p not in known]
     for process in list(left):  # and whatever they started since the last look
         try:
             left += [p for p in process.children(recursive=True) if p not in left]
@@ -100,6 +104,20 @@ def _watch(parent_pid: int) -> None:
             process.kill()
         except psutil.Error:
             pass
+
+
+def _marked(owner: str) -> list:
+    """The processes whose environment names `owner` as the lift-local they belong to."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARK) == owner:
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
 
 
 if __name__ == "__main__":

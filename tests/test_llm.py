@@ -106,7 +106,7 @@ def test_stored_reply_keeps_text_finish_reason_and_logprobs(store):
     fake = FakeChat(lambda c: '{"score": 7}', finish_reason="length", logprobs=logprobs)
     CachedChat(fake, store).chat(conversations(1), sampling)
     (value,) = store.get_many([reply_key("fake-chat", conversations(1)[0], sampling, None)]).values()
-    assert json.loads(value) == {"text": '{"score": 7}', "finish_reason": "length", "logprobs": logprobs}
+    assert json.loads(value) == {"text": '{"score": 7}', "finish_reason": "length", "logprobs": logprobs, "tokens": None}
     unused = FakeChat([])  # has no reply to give: the stored one must serve
     (again,) = CachedChat(unused, store).chat(conversations(1), sampling)
     assert again == Reply('{"score": 7}', "length", logprobs) and unused.calls == []

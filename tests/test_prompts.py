@@ -102,7 +102,7 @@ def test_missing_template_file(tmp_path):
 
 
 def test_bundled_names_resolve_to_files_in_the_prompts_folder():
-    assert bundled_names() == ["enhance", "expand_code", "expand_nlu", "judge"]
+    assert bundled_names() == ["enhance", "expand_code", "expand_nlu", "judge", "judge_digits"]
     for name in bundled_names():
         assert bundled_path(name).name == f"{name}.toml"
     with pytest.raises(ValueError, match="bundled prompts are"):
