@@ -10,8 +10,10 @@ Three checks run in turn, each on the records the previous one kept:
   in reading-comprehension data (Dolly's closed QA) several questions share one long passage as input,
   which would make distinct tasks look alike (on dolly_3k it did, at Jaccard 0.95 and cosine 0.99, the
   passage also filling the embedder's 256-token window).
-- **near**: MinHash (rensa) of word 5-gram shingles of the normalised text, the unit datatrove and
-  Data-Juicer use; locality-sensitive hashing in bands finds candidate pairs in linear time (sort by band
+- **near**: MinHash (rensa) of word 3-gram shingles of the normalised text. datatrove and Data-Juicer
+  use 5-grams for web documents; instruction records are short (Code Alpaca's median is about 30 words),
+  and one edited word changes up to n shingles: with one edit per 60 words, 5-grams at 0.8 found 47% of
+  such copies among real records of 30-60 words, 3-grams 94%, with no more false matches. Locality-sensitive hashing in bands finds candidate pairs in linear time (sort by band
   key), and each candidate's estimated Jaccard similarity is checked against `near`. The bands are chosen
   for the threshold, weighing a missed duplicate ten times a false candidate, which verification removes
   (at 0.8 with 128 permutations: 14 bands of 9 rows, finding a pair at 0.8 with p = 0.87, at 0.85 with 0.97).
@@ -59,14 +61,14 @@ _MISS_WEIGHT = 10  # a missed near duplicate is lost; a false candidate only cos
 @dataclasses.dataclass(frozen=True)
 class DedupParams:
     near: float = option(
-        0.8, "Near duplicates: two records whose word 5-gram shingles have at least this Jaccard similarity "
+        0.8, "Near duplicates: two records whose word 3-gram shingles have at least this Jaccard similarity "
         "(MinHash estimate); 0 turns the check off.", low=0, high=1,
     )
     semantic: float = option(
         0.95, "Semantic duplicates: two records whose embeddings have at least this cosine similarity; 0 turns "
         "the check off (and the embedder is not loaded).", low=0, high=1,
     )
-    shingle: int = option(5, "Words per shingle of the near-duplicate check.", low=1)
+    shingle: int = option(3, "Words per shingle of the near-duplicate check.", low=1)
     num_perm: int = option(
         128, "MinHash permutations: more estimate similarity more closely, at 4 bytes each per record.", low=8
     )
@@ -123,7 +125,7 @@ class Dedup(Phase, name="dedup", title="Deduplication", params=DedupParams, orde
 
     Exact: the same instruction, input and output after Unicode normalisation, casefolding and collapsing
     whitespace. Near and semantic compare instruction and output (a passage shared as input does not make
-    two tasks one): near, word 5-gram shingles with at least --near Jaccard similarity (MinHash with LSH);
+    two tasks one): near, word 3-gram shingles with at least --near Jaccard similarity (MinHash with LSH);
     semantic, embeddings with at least --semantic cosine similarity (k-means clusters, all pairs within each). Each dropped record
     carries lift.duplicate_of (the kept record's id), lift.method and lift.similarity.
     """
@@ -306,7 +308,7 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
     caption = (
         f"{total} of {stats['records_in']} records removed as duplicates, by the check that found them (each "
         "check sees only what the previous kept). Exact: same normalised text; near: MinHash Jaccard of word "
-        "5-grams; semantic: cosine of embeddings."
+        "3-grams; semantic: cosine of embeddings."
     )
     plot = report.as_plot("dedup_removed", figure, alt=alt, caption=caption)
     parts = ["<h2>Deduplication</h2>", report.figure_html(plot)]
