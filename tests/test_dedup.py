@@ -86,10 +86,10 @@ def test_near_copies_with_edited_words_are_found(clean_base):
     dropped = {r.id for r in outcome.side["dropped"]}
     words = {r.id: len(task_text(r).split()) for r in clean_base}
     longer = [copy for copy, source in sources.items() if words[source] >= 30]
-    # Measured: 0.95 of the copies of records of 30 words or more; one edit in a shorter record changes
-    # too large a share of its shingles (overall recall 0.7; the semantic check finds those). Precision 1.0.
-    assert sum(copy in dropped for copy in longer) / len(longer) >= 0.9
-    assert recall >= 0.6 and precision >= 0.99 and attributed >= 0.99
+    # Measured: 0.98 of the copies of records of 30 words or more; one edit in a shorter record changes
+    # too large a share of its shingles (overall recall 0.74; the semantic check finds those). Precision 1.0.
+    assert sum(copy in dropped for copy in longer) / len(longer) >= 0.95
+    assert recall >= 0.7 and precision >= 0.99 and attributed >= 0.99
     near = [r for r in outcome.side["dropped"] if r.meta["method"] == "near"]
     assert near and all(r.meta["similarity"] >= 0.8 for r in near)
     kept_ids = {r.id for r in outcome.records}

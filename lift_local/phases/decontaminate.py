@@ -6,7 +6,7 @@ The test sets of HumanEval, MBPP, GSM8K, MMLU, ARC (Challenge, Easy) and Truthfu
 
 **The rule: long n-gram overlap, measured as coverage of the benchmark item.** A record contaminated by an
 item contains most of the item's words in runs that the record shares: the item's words covered by its
-n-grams found in the record, as a share of its words, must reach `coverage` (80%). Why:
+n-grams found in the record, as a share of its words, must reach `coverage` (60%). Why:
 
 - GPT-3 (Brown et al., 2020) flagged any shared 13-gram; it found that rule both too loose for long items
   (one stock phrase flags them) and blind to items shorter than 13 words. PaLM (Chowdhery et al., 2022)
@@ -17,11 +17,14 @@ n-grams found in the record, as a share of its words, must reach `coverage` (80%
   24 words: GSM8K, ARC, MMLU and MBPP questions are often 10-20 words, which 13-grams do not fit, and an
   edit (a renamed variable, a changed word) breaks only the n-grams that contain it: coverage of words
   (not of n-grams) loses little more than the edited words, as long as runs of n words survive between
-  edits. 80% as Llama 2: a stock phrase ("Write a python function to count the number of") covers 9 of
-  a 13-word MBPP question, not 80% of it (at 50%, such phrases flagged dozens of clean Code Alpaca records).
-- Text is compared as normalised words (NFKC, casefolded, punctuation dropped), and every run of numbers
-  is one word "0": a GSM8K problem with its numbers changed is still the problem, and a record's list of
-  numbers is not a match for another list.
+  edits. 60%, measured on planted items inside real records: with one word in 12 edited, 80% (Llama 2's
+  share) caught about half of them, 60% 84-98% (HumanEval to GSM8K); 50% began to flag clean Code
+  Alpaca records by stock phrases ("write a function to find the"), 60% flags 2 of 5,013.
+- Text is compared as normalised words (NFKC, casefolded, punctuation dropped); every run of numbers is
+  one word "0" and every code identifier (a word with an underscore or a digit; in a second reading of a
+  text that declares a function, its parameters too) the word "_": a GSM8K problem with its numbers changed is still the problem, a
+  HumanEval prompt with its function and parameters renamed (which its examples and docstring repeat)
+  still the prompt, and a record's list of numbers no match for another list.
 - An item shorter than `min_words` words (e.g. "What is 2+2?") is not checked: it proves nothing and
   would match everywhere. The report counts them.
 - The record's instruction, input and output are searched: a test item reproduced in an answer is
@@ -64,6 +67,9 @@ METHODS = ("ngram", "semantic")
 _CHUNK_RECORDS = 8192  # records whose words are matched in one numpy pass
 _EXCERPT = 600  # characters of the benchmark item kept in a removed record's metadata
 _NUMBERS = re.compile(r"\b\d+\b(?:\W+\b\d+\b)*")  # a run of numbers, whatever separates them
+_IDENTIFIERS = re.compile(r"\b(?=\w*[^\W\d_])\w*[_\d]\w*\b")  # letters with an underscore or a digit
+_SIGNATURE = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")
+_PARAMETER = re.compile(r"(?:^|,)\s*\**(\w+)")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -94,7 +100,7 @@ class DecontaminateParams:
                         "many words that the record contains; an item shorter than two n-grams must be contained whole.",
                         low=4)
     coverage: float = option(
-        0.8, "A record is contaminated by an item when the item's words found in it reach this share.",
+        0.6, "A record is contaminated by an item when the item's words found in it reach this share.",
         low=0, low_open=True, high=1,
     )
     min_words: int = option(6, "Items of fewer words are not checked (too generic to prove anything).", low=1)
@@ -169,8 +175,18 @@ def bundled_items(name: str) -> list[Item]:
 
 
 def match_words(text: str) -> list[str]:
-    """Normalised words, each run of numbers one word "0"."""
-    return words(_NUMBERS.sub(" 0 ", normalise(text)))
+    """Normalised words; each run of numbers is the word "0", each code identifier (has_close_elements,
+    arr2) the word "_"."""
+    return words(_NUMBERS.sub(" 0 ", _IDENTIFIERS.sub("_", normalise(text))))
+
+
+def word_variants(text: str) -> list[list[str]]:
+    """The text's words, and, when it declares a function, the same with its parameters as "_" too: a
+    renamed parameter then changes no word, and a parameter named like a word of the prose does not hide
+    the prose from the first variant."""
+    found = match_words(text)
+    declared = {name for signature in _SIGNATURE.findall(normalise(text)) for name in _PARAMETER.findall(signature)}
+    return [found, ["_" if word in declared else word for word in found]] if declared else [found]
 
 
 def run_length(words: int, ngram: int) -> int:
@@ -195,16 +211,18 @@ class Index:
     @classmethod
     def build(cls, items: list[Item], ngram: int, min_words: int) -> Index:
         vocabulary: dict[str, int] = {}
-        tokens = [[vocabulary.setdefault(word, len(vocabulary)) for word in match_words(i.text)] for i in items]
-        lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+        variants = [[[vocabulary.setdefault(word, len(vocabulary)) for word in variant]
+                     for variant in word_variants(item.text)] for item in items]
+        lengths = np.array([len(v[0]) for v in variants], dtype=np.int64)
         checked = lengths >= min_words
         keys, entries = [np.empty(0, np.uint64)], [np.empty((0, 3), np.int64)]
         for number in np.flatnonzero(checked).tolist():
-            width = run_length(len(tokens[number]), ngram)
-            hashes = _window_hashes(np.array(tokens[number], dtype=np.int64), width)
-            keys.append(hashes)
-            entries.append(np.stack([np.full(len(hashes), number), np.arange(len(hashes)),
-                                     np.full(len(hashes), width)], axis=1))
+            width = run_length(int(lengths[number]), ngram)
+            for variant in variants[number]:  # words at the same offsets in each
+                hashes = _window_hashes(np.array(variant, dtype=np.int64), width)
+                keys.append(hashes)
+                entries.append(np.stack([np.full(len(hashes), number), np.arange(len(hashes)),
+                                         np.full(len(hashes), width)], axis=1))
         all_keys, all_entries = np.concatenate(keys), np.concatenate(entries)
         order = np.argsort(all_keys, kind="stable")
         all_keys, all_entries = all_keys[order], all_entries[order]
@@ -217,11 +235,13 @@ class Index:
         found = []
         for top in range(0, len(texts), _CHUNK_RECORDS):
             chunk = texts[top:top + _CHUNK_RECORDS]
-            ids, bounds = [], [0]
-            for text in chunk:  # -1 for a word no item has, and between texts
-                ids.extend(self.vocabulary.get(word, -1) for word in match_words(text))
-                ids.append(-1)
-                bounds.append(len(ids))
+            ids, bounds, owners = [], [0], []
+            for number, text in enumerate(chunk):  # -1 for a word no item has, and between variants
+                for variant in word_variants(text):
+                    ids.extend(self.vocabulary.get(word, -1) for word in variant)
+                    ids.append(-1)
+                    bounds.append(len(ids))
+                    owners.append(number)
             array = np.array(ids, dtype=np.int64)
             unknown = np.r_[0, np.cumsum(array < 0)]
             hits, positions = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
@@ -234,7 +254,8 @@ class Index:
                 match = valid & (self.keys[slot] == hashes)
                 hits.append(slot[match])
                 positions.append(np.flatnonzero(match))
-            keys, owner = np.concatenate(hits), np.searchsorted(bounds, np.concatenate(positions), side="right") - 1
+            segment = np.searchsorted(bounds, np.concatenate(positions), side="right") - 1
+            keys, owner = np.concatenate(hits), np.array(owners, dtype=np.int64)[segment]
             per_text = [np.empty(0, np.int64)] * len(chunk)
             for number in np.unique(owner).tolist():
                 per_text[number] = np.unique(keys[owner == number])
@@ -321,7 +342,8 @@ class Decontaminate(Phase, name="decontaminate", title="Decontamination", params
         meta: dict[int, dict[str, Any]] = {}
         for position, feature in enumerate(features):
             shares = index.coverage(feature.ngrams)
-            best = max(shares, key=lambda item: shares[item], default=None)
+            # Ties go to the longer item: one MBPP question can be another's with words added.
+            best = max(shares, key=lambda item: (shares[item], index.lengths[item]), default=None)
             if best is not None and shares[best] >= params.coverage:
                 match = (best, "ngram", shares[best])
             elif params.semantic > 0 and feature.cosine >= params.semantic:
