@@ -68,8 +68,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 METHODS = ("ngram", "semantic")
 _CHUNK_RECORDS = 8192  # records whose words are matched in one numpy pass
 _EXCERPT = 600  # characters of the benchmark item kept in a removed record's metadata
-_NUMBERS = re.compile(r"\b\d+\b(?:\W+\b\d+\b)*")  # a run of numbers, whatever separates them
-_IDENTIFIERS = re.compile(r"\b(?=\w*[^\W\d_])\w*[_\d]\w*\b")  # letters with an underscore or a digit
+_FILTER_BITS = 24  # a bitmap of 2^24 bits (16 MiB) screens n-grams before the sorted keys are searched
 _SIGNATURE = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")
 _PARAMETER = re.compile(r"(?:^|,)\s*\**(\w+)")
 
@@ -179,16 +178,32 @@ def bundled_items(name: str) -> list[Item]:
 
 def match_words(text: str) -> list[str]:
     """Normalised words; each run of numbers is the word "0", each code identifier (has_close_elements,
-    arr2) the word "_"."""
-    return words(_NUMBERS.sub(" 0 ", _IDENTIFIERS.sub("_", normalise(text))))
+    arr2: letters with an underscore or a digit) the word "_"."""
+    return _mark(words(normalise(text)))
+
+
+def _mark(found: list[str]) -> list[str]:
+    marked: list[str] = []
+    for word in found:
+        if word.isdigit():
+            if marked and marked[-1] == "0":
+                continue
+            word = "0"
+        elif not word.isalpha():
+            word = "_"
+        marked.append(word)
+    return marked
 
 
 def word_variants(text: str) -> list[list[str]]:
     """The text's words, and, when it declares a function, the same with its parameters as "_" too: a
     renamed parameter then changes no word, and a parameter named like a word of the prose does not hide
     the prose from the first variant."""
-    found = match_words(text)
-    declared = {name for signature in _SIGNATURE.findall(normalise(text)) for name in _PARAMETER.findall(signature)}
+    text = normalise(text)
+    found = _mark(words(text))
+    if "def" not in text:
+        return [found]
+    declared = {name for signature in _SIGNATURE.findall(text) for name in _PARAMETER.findall(signature)}
     return [found, ["_" if word in declared else word for word in found]] if declared else [found]
 
 
@@ -210,6 +225,11 @@ class Index:
     keys: np.ndarray  # uint64, sorted, unique
     starts: np.ndarray
     entries: np.ndarray  # (m, 3) int64: item, offset, length
+    screen: np.ndarray = dataclasses.field(init=False)  # bool per low `_FILTER_BITS` bits of the keys
+
+    def __post_init__(self) -> None:
+        self.screen = np.zeros(1 << _FILTER_BITS, dtype=bool)
+        self.screen[(self.keys & np.uint64((1 << _FILTER_BITS) - 1)).astype(np.intp)] = True
 
     @classmethod
     def build(cls, items: list[Item], ngram: int, min_words: int) -> Index:
@@ -252,11 +272,12 @@ class Index:
                 if len(array) < width or not len(self.keys):
                     continue
                 hashes = _window_hashes(array, width)
-                valid = unknown[width:] - unknown[:-width] == 0
-                slot = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
-                match = valid & (self.keys[slot] == hashes)
+                low = (hashes & np.uint64((1 << _FILTER_BITS) - 1)).astype(np.intp)
+                candidates = np.flatnonzero(self.screen[low] & (unknown[width:] - unknown[:-width] == 0))
+                slot = np.minimum(np.searchsorted(self.keys, hashes[candidates]), len(self.keys) - 1)
+                match = self.keys[slot] == hashes[candidates]
                 hits.append(slot[match])
-                positions.append(np.flatnonzero(match))
+                positions.append(candidates[match])
             segment = np.searchsorted(bounds, np.concatenate(positions), side="right") - 1
             keys, owner = np.concatenate(hits), np.array(owners, dtype=np.int64)[segment]
             per_text = [np.empty(0, np.int64)] * len(chunk)
@@ -279,17 +300,18 @@ class Index:
         return shares
 
 
-_MULTIPLIERS = np.random.default_rng(0xC0FFEE).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
+_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2^64
+_INVERSE = pow(_BASE, -1, 2**64)
 
 
 def _window_hashes(ids: np.ndarray, width: int) -> np.ndarray:
-    """A 64-bit hash of every run of `width` word ids (wrapping arithmetic), one per start position."""
+    """A 64-bit polynomial hash of every run of `width` word ids, one per start position, in two passes
+    whatever the width: prefix sums of id * B^k, each difference scaled back by B^-i (wrapping arithmetic)."""
     count = len(ids) - width + 1
-    hashes = np.zeros(count, dtype=np.uint64)
-    values = (ids + 1).astype(np.uint64)
-    for k in range(width):
-        hashes += values[k:k + count] * _MULTIPLIERS[k]
-    return hashes
+    powers = np.cumprod(np.r_[np.uint64(1), np.full(len(ids) - 1, _BASE, np.uint64)], dtype=np.uint64)
+    inverses = np.cumprod(np.r_[np.uint64(1), np.full(count - 1, _INVERSE, np.uint64)], dtype=np.uint64)
+    prefix = np.r_[np.uint64(0), np.cumsum((ids + 1).astype(np.uint64) * powers, dtype=np.uint64)]
+    return (prefix[width:] - prefix[:count]) * inverses
 
 
 @functools.lru_cache(maxsize=4)
