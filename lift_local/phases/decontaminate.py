@@ -13,18 +13,21 @@ n-grams found in the record, as a share of its words, must reach `coverage` (60%
   counted an item as contaminated when 70% of its 8-grams occur in the data; Llama 2 (Touvron et al.,
   2023) when over 80% of its tokens lie in matched n-grams of 10 or more tokens. Coverage of the item, as
   in both, ignores a stock phrase and measures how much of the item was reproduced.
-- n-grams of `ngram` = 8 words as PaLM, but of a third of the item's words (at least 4) for items under
-  24 words: GSM8K, ARC, MMLU and MBPP questions are often 10-20 words, which 13-grams do not fit, and an
-  edit (a renamed variable, a changed word) breaks only the n-grams that contain it: coverage of words
-  (not of n-grams) loses little more than the edited words, as long as runs of n words survive between
-  edits. 60%, measured on planted items inside real records: with one word in 12 edited, 80% (Llama 2's
-  share) caught about half of them, 60% 84-98% (HumanEval to GSM8K); 50% began to flag clean Code
-  Alpaca records by stock phrases ("write a function to find the"), 60% flags 2 of 5,013.
+- n-grams of `ngram` = 8 words as PaLM: an edit (a renamed variable, a changed word) breaks only the
+  n-grams that contain it, so coverage of words (not of n-grams) loses little more than the edited words
+  as long as runs of 8 words survive between edits. An item shorter than two n-grams (16 words: many
+  MBPP, ARC, MMLU and TruthfulQA questions) must be contained whole: at 8 words, one stock phrase ("write
+  a python function to count the number of") would cover most of it; with n-grams of a third of a short
+  item's words (at least 4) such phrases flagged 68 of 5,013 clean records at 70% coverage and 261 at
+  60%; contained whole, 2.
+- 60% coverage, measured on planted items inside real records: with one word in 12 edited, 80% (Llama 2's
+  share) caught about half of them, 60% 84-98% (HumanEval to GSM8K), and flags 2 of 5,013 clean records;
+  50% began to flag clean Code Alpaca records by stock phrases ("write a function to find the").
 - Text is compared as normalised words (NFKC, casefolded, punctuation dropped); every run of numbers is
   one word "0" and every code identifier (a word with an underscore or a digit; in a second reading of a
-  text that declares a function, its parameters too) the word "_": a GSM8K problem with its numbers changed is still the problem, a
-  HumanEval prompt with its function and parameters renamed (which its examples and docstring repeat)
-  still the prompt, and a record's list of numbers no match for another list.
+  text that declares a function, its parameters too) the word "_": a GSM8K problem with its numbers
+  changed is still the problem, a HumanEval prompt with its function and parameters renamed (which its
+  examples and docstring repeat) still the prompt, and a record's list of numbers no match for another.
 - An item shorter than `min_words` words (e.g. "What is 2+2?") is not checked: it proves nothing and
   would match everywhere. The report counts them.
 - The record's instruction, input and output are searched: a test item reproduced in an answer is
@@ -330,9 +333,9 @@ class Decontaminate(Phase, name="decontaminate", title="Decontamination", params
 
     A record is contaminated by an item when at least --coverage of the item's words lie in runs of --ngram
     words that the record (instruction, input and output) also contains; words are compared casefolded,
-    without punctuation, every run of numbers alike; items under 24 words use n-grams of a third of their
-    words (at least 4); items shorter than --min-words are not checked. With --semantic, records whose instruction and input embed
-    close to a benchmark question are removed too. Each removed record carries lift.contaminated_by (the
+    without punctuation, every run of numbers alike, every code identifier alike; an item shorter than two
+    n-grams must be contained whole, one shorter than --min-words is not checked. With --semantic, records
+    whose instruction and input embed close to a benchmark question are removed too. Each removed record carries lift.contaminated_by (the
     item's id), lift.benchmark, lift.method, lift.similarity and lift.benchmark_text.
     """
 
