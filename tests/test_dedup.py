@@ -110,10 +110,9 @@ def test_reworded_copies_are_semantic_duplicates(clean_base, embedder):
     outcome = run_phase(Dedup(DedupParams(near=0)), records, embedder=embedder)
     recall, precision, attributed = measure(outcome, sources)
     semantic = [r for r in outcome.side["dropped"] if r.meta["method"] == "semantic"]
-    assert recall >= 0.8 and attributed >= 0.95
-    # Measured on the clean records alone: natural paraphrases among 120 real Code Alpaca tasks count
-    # against precision; the bound is what it met.
-    assert precision >= 0.75
+    # Measured: recall 0.87 (26 of 30; a rewording of a short instruction with a long answer can fall just
+    # under 0.95), precision 1.0, and the 120 real records alone lose none.
+    assert recall >= 0.8 and attributed >= 0.95 and precision >= 0.95
     assert all(r.meta["similarity"] >= 0.95 for r in semantic)
 
 
