@@ -55,6 +55,7 @@ _SPACE = re.compile(r"\s+")
 _ONE_CLUSTER = 4096  # up to this many records the semantic check compares all pairs
 _BLOCK = 2048  # rows of a similarity matrix computed at a time
 _PAIRS = 1 << 20  # candidate pairs verified at a time
+_MINHASH_CHUNK = 8192  # records shingled at once: 1M records' shingles as strings would take ~9 GiB
 _MISS_WEIGHT = 10  # a missed near duplicate is lost; a false candidate only costs its verification
 
 
@@ -138,9 +139,12 @@ class Dedup(Phase, name="dedup", title="Deduplication", params=DedupParams, orde
         if params.near > 0:
             import rensa  # a compiled extension: imported where used, so the report does not need it
 
-            shingles = [_shingles(words(normalise(task_text(record))), params.shingle) for record in batch]
-            digests = rensa.RMinHash.digests_from_token_sets(shingles, params.num_perm, params.seed)
-            signatures = np.asarray(digests, dtype=np.uint32)
+            signatures = np.empty((len(batch), params.num_perm), dtype=np.uint32)
+            for top in range(0, len(batch), _MINHASH_CHUNK):  # shingles only of a chunk at a time
+                shingles = [_shingles(words(normalise(task_text(record))), params.shingle)
+                            for record in batch[top:top + _MINHASH_CHUNK]]
+                signatures[top:top + len(shingles)] = rensa.RMinHash.digests_from_token_sets(
+                    shingles, params.num_perm, params.seed)
         embeddings: Any = [None] * len(batch)
         if params.semantic > 0:
             embeddings = kit.embedder().embed([task_text(record) for record in batch])
