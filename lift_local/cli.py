@@ -139,7 +139,10 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
     """A phase parameter as an option, its type, range and help from the field's declaration."""
     meta = field.metadata
     kind: Any = hint
-    if "parse" in meta:
+    multiple = typing.get_origin(hint) is tuple  # tuple[str, ...]: a repeatable option
+    if multiple:
+        kind, callback = typing.get_args(hint)[0], None
+    elif "parse" in meta:
         kind, callback = str, _parsing(meta["parse"])
     else:
         callback = None
@@ -155,7 +158,8 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
     default = {"required": True} if meta.get("required") else {"default": field.default}
     return click.Option(
         [f"--{field.name.replace('_', '-')}", *meta.get("flags", ()), field.name],
-        type=kind, callback=callback, metavar=meta.get("metavar"), help=meta.get("help"), **default,
+        type=kind, callback=callback, metavar=meta.get("metavar"), help=meta.get("help"), multiple=multiple,
+        **default,
     )
 
 

@@ -90,6 +90,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
         if not _has_type(value, hints[key]):
             raise ConfigError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
     try:
         return cls(**values)
     except (ValueError, TypeError) as err:
@@ -101,6 +102,8 @@ def _has_type(value: Any, hint: Any) -> bool:
         return any(_has_type(value, arg) for arg in typing.get_args(hint))
     if typing.get_origin(hint) is typing.Literal:
         return value in typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a TOML list
+        return isinstance(value, list) and all(_has_type(item, typing.get_args(hint)[0]) for item in value)
     if hint is type(None):
         return value is None
     if hint is float:
@@ -115,6 +118,8 @@ def _type_name(hint: Any) -> str:
         return "one of " + ", ".join(repr(arg) for arg in typing.get_args(hint))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).removeprefix('a ')}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "unset"}.get(
         hint, getattr(hint, "__name__", str(hint))
     )

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fakes import FakeChat, FakeChatInterrupted, json_reply, last_user_message
 from lift_local.cli import main
 from lift_local.prompts import load_prompt
+from conftest import SHARED_DATA
 from lift_local.records import read_records
 
 REWRITE_SYSTEM = load_prompt("expand_code").system
@@ -60,7 +61,8 @@ def test_full_run_writes_every_phase_manifest_report_and_exports(tmp_path, sampl
     assert result.exit_code == 0, result.output
     phases = manifest(tmp_path)["phases"]
     assert [(name, p["records_in"], p["records_out"]) for name, p in phases.items()] == [
-        ("enhance", 16, 16), ("expand", 16, 32), ("variety", 32, 16), ("quality", 16, 6),
+        ("dedup", 16, 16), ("enhance", 16, 16), ("expand", 16, 32), ("decontaminate", 32, 32), ("variety", 32, 16),
+        ("quality", 16, 6),
     ]
     assert all(p["seconds"] >= 0 and len(p["fingerprint"]) == 64 for p in phases.values())
     assert phases["variety"]["stats"]["n_components"] >= 1
@@ -94,7 +96,7 @@ def test_interrupted_phase_resumes_without_recomputing_anything_finished(tmp_pat
     result, rewriter, judge = run(sample)
     assert result.exit_code == 0, result.output
     assert rewriter.calls == []  # enhance and expand were finished: not run again
-    assert "[3/4] variety: unchanged" in result.output
+    assert "[5/6] variety: unchanged" in result.output
     assert len(judge.conversations_sent) == 16 - 5  # ...but its 5 stored verdicts were not asked again
     assert manifest(tmp_path)["phases"]["quality"]["records_out"] == 6
 
@@ -110,16 +112,16 @@ def test_unchanged_run_does_nothing_and_changed_parameter_reruns_from_its_phase(
 
     result, rewriter, judge = run(sample, "--set", "variety.keep=0.75")
     assert result.exit_code == 0, result.output
-    assert "[1/4] enhance: unchanged" in result.output and "[2/4] expand: unchanged" in result.output
-    assert "[3/4] variety: 32 → 24 records" in result.output
-    assert "[4/4] quality: 24 → 6 records" in result.output
+    assert "[2/6] enhance: unchanged" in result.output and "[3/6] expand: unchanged" in result.output
+    assert "[5/6] variety: 32 → 24 records" in result.output
+    assert "[6/6] quality: 24 → 6 records" in result.output
     assert rewriter.calls == []
     assert len(judge.conversations_sent) == 24 - 16  # only the records the judge had not seen
     after = manifest(tmp_path)["phases"]
     assert after["enhance"] == first["enhance"] and after["expand"] == first["expand"]
 
     result, rewriter, _ = run(sample, "--set", "variety.keep=0.75", "--set", "enhance.temperature=0.2")
-    assert "[1/4] enhance: 16 → 16 records" in result.output
+    assert "[2/6] enhance: 16 → 16 records" in result.output
     assert len(rewriter.calls) > 0  # new sampling parameters: new replies
 
 
@@ -175,3 +177,29 @@ def test_bad_judge_template_fails_before_any_phase_runs(tmp_path, sample, run):
     assert result.exit_code == 1
     assert f"{bad}: the user message must contain $output" in result.output
     assert rewriter.calls == [] and not (tmp_path / "run" / "1-enhance.jsonl").exists()
+
+
+def test_run_removes_duplicates_first_and_benchmark_items_after_expansion(tmp_path, run):
+    """A repeated record and a GSM8K test question in a real sample: dedup drops the repeat before any model
+    sees it, decontamination drops the question (and its rewrites' answers that repeat it), and the report
+    shows each next to what it matched."""
+    items = json.loads((SHARED_DATA / "code_alpaca_2k.json").read_text())[200:216]
+    question = json.loads((SHARED_DATA / "benchmarks" / "gsm8k_test.jsonl").read_text().splitlines()[0])["question"]
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps([*items, items[3], {"instruction": question, "input": "", "output": "18"}]))
+    result, rewriter, _ = run(sample)
+    assert result.exit_code == 0, result.output
+    assert "[1/6] dedup: 18 → 17 records" in result.output
+    phases = manifest(tmp_path)["phases"]
+    assert phases["dedup"]["stats"]["removed"] == {"exact": 1, "near": 0, "semantic": 0}
+    assert len(rewriter.conversations_sent) == 17 * 3  # the repeat was never rewritten
+    decontaminate = phases["decontaminate"]
+    assert decontaminate["stats"]["by_benchmark"]["gsm8k"] >= 1
+    (removed, *_) = read_records(tmp_path / "run" / decontaminate["side"]["removed"])
+    assert removed.meta["contaminated_by"] == "GSM8K/0" and removed.meta["benchmark_text"] == question
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Deduplication</h2>" in report and "The kept record it duplicates" in report
+    assert "<h2>Decontamination</h2>" in report and "The benchmark item it matched" in report
+    assert "records contained benchmark test items" in report  # the warning at the top
+    assert (tmp_path / "run" / "figures" / "dedup_removed.png").is_file()
+    assert (tmp_path / "run" / "figures" / "decontaminate_removed.png").is_file()

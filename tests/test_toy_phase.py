@@ -48,7 +48,7 @@ def toy_phase():
 
 def test_a_phase_declared_in_one_module_runs_in_the_pipeline_config_and_report(toy_phase, tmp_path, real_sample,
                                                                               cli_models):
-    assert [cls.name for cls in all_phases()] == ["enhance", "expand", "variety", "short", "quality"]
+    assert [cls.name for cls in all_phases()] == ["dedup", "enhance", "expand", "decontaminate", "variety", "short", "quality"]
     cli_models["rewriter"] = FakeChat(rewriter_reply, name="fake-rewriter")
     cli_models["judge"] = FakeChat(judge_reply, name="fake-judge")
     config = tmp_path / "lift.toml"
@@ -62,13 +62,13 @@ def test_a_phase_declared_in_one_module_runs_in_the_pipeline_config_and_report(t
         return result, json.loads((tmp_path / "run" / "manifest.json").read_text())["phases"]
 
     result, phases = run()
-    assert "[4/5] short: 16 → 16 records" in result.output  # the default keeps every answer
+    assert "[6/7] short: 16 → 16 records" in result.output  # the default keeps every answer
     lengths = sorted(len(r.output) for r in read_records(tmp_path / "run" / phases["short"]["output"]))
     cut = lengths[len(lengths) // 2]
 
     result, phases = run("--set", f"short.max_chars={cut}")
-    assert "[3/5] variety: unchanged" in result.output and "[4/5] short: 16 → " in result.output
-    assert list(phases) == ["enhance", "expand", "variety", "short", "quality"]
+    assert "[5/7] variety: unchanged" in result.output and "[6/7] short: 16 → " in result.output
+    assert list(phases) == ["dedup", "enhance", "expand", "decontaminate", "variety", "short", "quality"]
     short = phases["short"]
     assert short["params"] == {"max_chars": cut}
     kept = read_records(tmp_path / "run" / short["output"])
