@@ -9,7 +9,7 @@ into prompt building, generation and parsing, and puts neither the reply cache n
 in between (docs/ray.md says more).
 
 Replicas store replies in shards of the run folder's caches (store.py); the driver folds them in before
-and after every map, so a run killed mid-phase resumes from every reply already stored, on Ray or not.
+and after every map, so a run killed mid-phase resumes from every reply already stored, with Ray or without.
 A replica whose process dies is restarted and its block asked again (Ray's actor restarts and task
 retries, bounded); an error in a replica, or the retries exhausted, stops the run with a `ClusterError`;
 every record sent must come back once, or the run stops too.
@@ -29,7 +29,7 @@ import ray
 import ray.data
 
 from .config import ClusterConfig
-from .errors import ClusterError, LiftError
+from .errors import ClusterError
 from .llm.inprocess import close_engines
 from .phases import Mapped, MapStep
 from .records import Record
@@ -81,10 +81,10 @@ class RayExecutor:
             return []
         self._connect()
         self.bench.absorb_shards()  # what replicas of an interrupted run stored, before asking again
-        try:
-            return self._map(step, records)
-        finally:
-            self.bench.absorb_shards()
+        mapped = self._map(step, records)
+        # Only now: after a failure, replicas may still be writing their shards; the next run folds them in.
+        self.bench.absorb_shards()
+        return mapped
 
     def _map(self, step: MapStep, records: list[Record]) -> list[Mapped]:
         config = self.config
@@ -133,11 +133,9 @@ class RayExecutor:
 
 
 def _root_cause(error: BaseException) -> str:
-    """The innermost error of a Ray error chain as one line; a lift-local error as it is worded."""
-    while not isinstance(error, LiftError):
-        inner = error.__cause__ or getattr(error, "cause", None)
-        if not isinstance(inner, BaseException) or inner is error:
-            lines = str(error).strip().splitlines()
-            return f"{type(error).__name__}: {lines[-1] if lines else ''}"
-        error = inner
-    return str(error)
+    """What went wrong in a replica, as one line. Ray Data keeps a replica's exception as text only: the
+    traceback of the first error, then of those raised from it."""
+    first = str(error).split("\n\nThe above exception was the direct cause")[0]
+    lines = [line.strip() for line in first.splitlines() if line.strip()] or [type(error).__name__]
+    kind, _, message = lines[-1].partition(": ")
+    return message if kind.startswith("lift_local.errors.") else lines[-1]

@@ -57,10 +57,9 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def absorb(self) -> int:
-        """Fold every shard of this store (`ShardedStore`) into it and delete them; returns the entries
-        folded in. Then checkpoint, so the file alone holds everything for shards' readers."""
-        absorbed = 0
+    def absorb(self) -> None:
+        """Fold every shard of this store (`ShardedStore`) into it and delete them. Then checkpoint, so that
+        the file alone holds everything for the replicas that read it next."""
         for shard in sorted(_shard_folder(self.path).glob(f"{self.table}-*.sqlite")):
             with sqlite3.connect(shard, timeout=_BUSY_SECONDS) as db:
                 try:
@@ -68,11 +67,9 @@ class Store:
                 except sqlite3.OperationalError:  # its writer died before creating the table
                     rows = []
             self.put_many(dict(rows))
-            absorbed += len(rows)
             for path in (shard, *(shard.with_name(shard.name + end) for end in ("-wal", "-shm"))):
                 path.unlink(missing_ok=True)
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return absorbed
 
 
 class ShardedStore:

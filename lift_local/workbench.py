@@ -87,9 +87,10 @@ class Workbench:
                    for p in self.phase_prompts(phase)}
         return {"models": {role: self._identity(role) for role in phase.roles}, "prompts": prompts}
 
-    def absorb_shards(self) -> int:
-        """Fold the cluster replicas' cache shards into the caches; returns the entries folded in."""
-        return sum(self._store(name).absorb() for name in self._CACHES)
+    def absorb_shards(self) -> None:
+        """Fold the cluster replicas' cache shards into the caches."""
+        for name in self._CACHES:
+            self._store(name).absorb()
 
     def portable(self) -> dict[str, Any]:
         """What builds the same Workbench on another machine of a cluster: absolute paths (its working
@@ -121,6 +122,10 @@ class Workbench:
 
     def _store(self, name: str) -> Store | ShardedStore:
         if name not in self._stores:
-            kind = ShardedStore if self.sharded else Store
-            self._stores[name] = kind(self.cache_dir / f"{name}.sqlite", name)
+            path = self.cache_dir / f"{name}.sqlite"
+            if self.sharded:
+                self._stores[name] = ShardedStore(path, name)
+            else:
+                self._stores[name] = Store(path, name)
+                self._stores[name].absorb()  # what replicas of a cluster run stored, e.g. one interrupted
         return self._stores[name]
