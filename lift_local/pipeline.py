@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import exports
-from .config import RunConfig
+from .config import ClusterConfig, RunConfig
 from .errors import ConfigError
 from .manifest import Manifest, PhaseEntry
 from .phases import Executor, Local, Outcome, Phase
@@ -63,7 +63,7 @@ def run(
     decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
     upstream = _digest(manifest.input)
     current: list[Record] | None = records
-    with _executor(config, bench) as executor:
+    with executor_for(config.cluster, bench) as executor:
         for number, phase in enumerate(config.phases, start=1):
             label = f"[{number}/{len(config.phases)}] {phase.name}"
             if phase not in active:
@@ -98,13 +98,13 @@ def run(
     return manifest
 
 
-def _executor(config: RunConfig, bench: Workbench) -> contextlib.AbstractContextManager[Executor]:
-    """Where the phases' `map` runs: this process, or the Ray cluster the config names."""
-    if config.cluster.ray is None:
+def executor_for(cluster: ClusterConfig, bench: Workbench) -> contextlib.AbstractContextManager[Executor]:
+    """Where the phases' `map` runs: this process, or the Ray cluster `cluster.ray` names."""
+    if cluster.ray is None:
         return contextlib.nullcontext(Local(bench))
     from .ray_executor import RayExecutor  # Ray is an optional extra, imported only when asked for
 
-    return RayExecutor(config.cluster, bench)
+    return RayExecutor(cluster, bench)
 
 
 def sample(records: list[Record], limit: int | None, seed: int) -> list[Record]:

@@ -79,7 +79,7 @@ class RayExecutor:
     def map(self, step: MapStep, records: list[Record]) -> list[Mapped]:
         if not records:
             return []
-        self._connect()
+        self.connect()
         self.bench.absorb_shards()  # what replicas of an interrupted run stored, before asking again
         mapped = self._map(step, records)
         # Only now: after a failure, replicas may still be writing their shards; the next run folds them in.
@@ -114,7 +114,8 @@ class RayExecutor:
             raise ClusterError(f"{len(lost)} of {len(records)} records did not come back from the cluster")
         return mapped  # type: ignore[return-value]
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Connect now (else on the first `map`)."""
         if self._connected:
             return
         options: dict[str, Any] = {"include_dashboard": False} if self.config.ray == "local" else {}
