@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -75,6 +76,7 @@ def cluster():
     _, alive = psutil.wait_procs(processes, timeout=30)
     for process in alive:
         process.kill()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _children(process: psutil.Process) -> list[psutil.Process]:
@@ -146,6 +148,16 @@ def test_ray_run_curates_what_the_in_process_run_does_though_a_replica_dies(tmp_
     assert [(r.id, r.output, r.meta["judge"]) for r in curated[0]] == [(r.id, r.output, r.meta["judge"]) for r in curated[1]]
     assert len(curated[0]) == 4
     assert not list((on_ray / "cache" / "shards").glob("*.sqlite"))  # every shard folded into the run's cache
+
+
+def test_embeddings_on_two_replicas_select_what_one_process_selects(tmp_path, real_sample, cluster):
+    sample = str(real_sample("dolly_3k.json", list(range(40))))
+    only_variety = ["--skip", "enhance", "--skip", "expand", "--skip", "quality", "--set", "variety.keep=0.5"]
+    _finish(_run(sample, "--out", str(tmp_path / "local"), *only_variety))
+    _finish(_run(sample, "--out", str(tmp_path / "ray"), *only_variety, "--ray", cluster.address, "--replicas", "2"))
+    local, on_ray = (read_records(tmp_path / run / "3-variety.jsonl") for run in ("local", "ray"))
+    assert [r.id for r in on_ray] == [r.id for r in local] and len(local) == 20
+    assert [r.meta["row_variance"] for r in on_ray] == pytest.approx([r.meta["row_variance"] for r in local], rel=1e-4)
 
 
 def test_interrupted_ray_run_asks_only_for_the_missing_replies(tmp_path, real_sample, cluster):
