@@ -77,6 +77,7 @@ def main() -> None:
         print(json.dumps(measure(args.records, args.replicas)))
         return
 
+    load_before = os.getloadavg()
     seconds: dict[str, list[float]] = {label: [] for label in SIDES}
     for round in range(args.repeat):
         order = list(SIDES) if round % 2 == 0 else list(SIDES)[::-1]
@@ -84,6 +85,7 @@ def main() -> None:
             result = child(args.records, SIDES[label])
             seconds[label].append(result["seconds"])
             print(f"round {round + 1}: {label}: {result['seconds']:.1f} s, judged {result['judged']}", flush=True)
+    load = f"{' / '.join(f'{x:.1f}' for x in load_before)} before, {' / '.join(f'{x:.1f}' for x in os.getloadavg())} after"
     medians = {label: statistics.median(values) for label, values in seconds.items()}
     base = medians["in process"]
     rows = [f"| {label} | {medians[label]:.1f} | {args.records / medians[label]:.2f} | {base / medians[label]:.2f}x | "
@@ -94,7 +96,8 @@ def main() -> None:
 Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()},
 with `{command}`: the quality phase on {args.records} Code Alpaca records, the packaged judge (SmolLM2-135M,
 vLLM on CPU), an empty reply cache each time; every measurement in a fresh process (vLLM import, engine
-start and judging counted), medians of {args.repeat} runs in alternating order.
+start and judging counted), medians of {args.repeat} runs in alternating order. The machine was shared with
+other work: load average (1 / 5 / 15 min) {load}.
 
 | path | seconds | records/s | vs in process | runs (s) |
 | --- | --- | --- | --- | --- |

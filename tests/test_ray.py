@@ -38,8 +38,8 @@ GREEDY = [  # every phase greedy and short, so that two runs must agree; no judg
     "--set", f"models.rewriter='{SMOLLM}'", "--set", f"models.judge='{SMOLLM}'",
     "--set", "expand.task='code'", "--set", "expand.rounds=1",
     "--set", "enhance.temperature=0", "--set", "expand.temperature=0", "--set", "quality.temperature=0",
-    "--set", "enhance.max_tokens=64", "--set", "expand.max_tokens=64", "--set", "quality.retries=0",
-    "--set", "variety.keep=0.6", "--set", "quality.top=4",
+    "--set", "enhance.max_tokens=48", "--set", "expand.max_tokens=48", "--set", "quality.retries=0",
+    "--set", "variety.keep=0.75", "--set", "quality.top=4",
 ]
 
 
@@ -111,7 +111,7 @@ def _run(*args: str) -> subprocess.Popen:
                             text=True)
 
 
-def _wait_for(condition, process: subprocess.Popen, timeout: float = 600) -> None:
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 1200) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -120,13 +120,13 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 600) -> Non
 
 
 def _finish(process: subprocess.Popen) -> str:
-    out, err = process.communicate(timeout=900)
+    out, err = process.communicate(timeout=2400)  # on a busy 2-core machine an engine may take minutes to start
     assert process.returncode == 0, (out + err)[-3000:]
     return out
 
 
 def test_ray_run_curates_what_the_in_process_run_does_though_a_replica_dies(tmp_path, real_sample, cluster):
-    sample = str(real_sample("code_alpaca_2k.json", list(range(300, 310))))
+    sample = str(real_sample("code_alpaca_2k.json", list(range(300, 308))))
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     _finish(_run(sample, "--out", str(local), *GREEDY))
 
