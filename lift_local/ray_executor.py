@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import pickle
+import signal
+import threading
 import warnings
 from typing import Any
 
@@ -122,11 +124,14 @@ class RayExecutor:
         # Ray's C++ core on the driver logs an error-looking line for every actor pool Ray Data makes with
         # restarts ("constructor arguments in the object store"); a failure that matters raises anyway.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own; lift-local's unwinds the same way
         try:
             ray.init(address=self.config.ray, log_to_driver=False, logging_level=logging.WARNING,
                      runtime_env={"env_vars": _OFFLINE}, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ClusterError(f"cannot reach the Ray cluster at {self.config.ray!r}: {err}") from None
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
         for handler in logging.getLogger("ray.data").handlers:  # its file in the session's logs keeps everything
             if type(handler).__name__ != "SessionFileHandler":
                 handler.setLevel(logging.WARNING)
