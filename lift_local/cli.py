@@ -380,9 +380,16 @@ def models_prepare(name: str | None, quiet: bool) -> None:
               "datasets (a folder for `datasets.load_from_disk`). Repeatable.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Reply and embedding caches. [default: OUT/cache]")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              help="Run the per-record work (LLM and embedding calls) on a Ray cluster: alone, the cluster this "
+              "machine belongs to (RAY_ADDRESS, `ray start`); or HOST:PORT, ray://HOST:10001, or 'local' for a "
+              "new one on this machine. Outputs are the same as without it. See docs/ray.md. [default: this process]")
+@click.option("--replicas", type=click.IntRange(min=1),
+              help="With --ray: how many replicas (each one engine, or one embedder) work at once. [default: 1]")
 @click.option(*_FIELD[0], **_FIELD[1])
 @click.option(*_VERBOSE[0], **_VERBOSE[1])
-def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, fields, verbose) -> None:
+def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, ray_address, replicas,
+                fields, verbose) -> None:
     """Run every phase on IN, in order, into the run folder --out.
 
     IN is a record file (JSON, JSONL, CSV, TSV, Parquet) or a Hugging Face `datasets` folder.
@@ -391,7 +398,9 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
     unchanged is not run again, a changed one re-runs with the phases after it, and inside an interrupted
     phase only the replies not yet stored are asked for. Ends with report.html, a visual summary.
     """
-    config = load_config(Path(config_path) if config_path else None, overrides, skip)
+    chosen = {"ray": ray_address, "replicas": replicas}
+    config = load_config(Path(config_path) if config_path else None, overrides, skip,
+                         run={key: value for key, value in chosen.items() if value is not None})
     out_dir = Path(out_dir)
     title = f"lift-local run {in_path} --out {out_dir}"
     with runlock.hold(out_dir, title), console.logs_to(_log_path(out_dir, verbose), title):

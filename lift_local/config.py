@@ -20,15 +20,44 @@ from .workbench import ModelsConfig
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """The `[run]` keys that send a run's per-record work to a Ray cluster (docs/ray.md); without `ray`, the
+    run stays in this process.
+
+    `ray`: the cluster's address as `ray.init` takes it: "auto" (the cluster this machine belongs to, or
+    RAY_ADDRESS), "HOST:PORT", "ray://HOST:10001" (Ray Client), or "local" (a new one-machine cluster).
+    Each replica is one actor holding one engine (or the embedder) with `gpus_per_replica` GPUs: the
+    product of the model's tensor and pipeline parallel sizes (its `vllm` settings).
+    """
+
+    ray: str | None = None
+    replicas: int = 1
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    batch_size: int = 256  # records per batch a replica gets at once; its engine batches them continuously
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {self.replicas}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
+            raise ValueError("gpus_per_replica and cpus_per_replica must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     phases: list[Phase]  # every phase in run order, each with its parameters
     models: ModelsConfig = ModelsConfig()
     prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # template name -> the user's file
     skip: frozenset[str] = frozenset()
+    cluster: ClusterConfig = ClusterConfig()
 
 
-def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), skip: typing.Iterable[str] = ()) -> RunConfig:
-    """Defaults (the paper's), then the TOML file, then `section.key=value` overrides, in that order."""
+def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), skip: typing.Iterable[str] = (),
+                run: typing.Mapping[str, Any] = {}) -> RunConfig:
+    """Defaults (the paper's), then the TOML file, then `section.key=value` overrides, then `run` (the
+    command line's own [run] options, such as --ray), in that order."""
     where = str(path) if path else "--set"
     sections: dict[str, dict[str, Any]] = {}
     if path is not None:
@@ -41,6 +70,7 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
     for override in overrides:
         section, key, value = _split_override(override)
         sections.setdefault(section, {})[key] = value
+    sections.setdefault("run", {}).update(run)
     names = [cls.name for cls in all_phases()]
     skipped = set(skip) | set(_skip_list(sections, where))
     for name in skipped:
@@ -49,8 +79,7 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
     for extra in set(sections) - set(names) - {"models", "prompts", "run"}:
         known = ", ".join((*names, "models", "prompts", "run"))
         raise ConfigError(f"{where}: unknown section [{extra}] (sections: {known})")
-    if sections.get("run"):
-        raise ConfigError(f"{where}: unknown key(s) in [run]: {', '.join(sections['run'])} (known: skip)")
+    cluster = _build(ClusterConfig, sections.get("run", {}), f"{where} [run]")
     phases = [cls(_build(cls.Params, sections.get(cls.name, {}), f"{where} [{cls.name}]")) for cls in all_phases()]
     models = _build(ModelsConfig, sections.get("models", {}), f"{where} [models]")
     prompts = sections.get("prompts", {})
@@ -59,7 +88,7 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
             raise ConfigError(f"{where} [prompts]: unknown key '{name}' (known: {', '.join(bundled_names())})")
         if not isinstance(value, str):
             raise ConfigError(f"{where} [prompts]: '{name}' must be a string, got {value!r}")
-    return RunConfig(phases=phases, models=models, prompts=prompts, skip=frozenset(skipped))
+    return RunConfig(phases=phases, models=models, prompts=prompts, skip=frozenset(skipped), cluster=cluster)
 
 
 def _split_override(text: str) -> tuple[str, str, Any]:

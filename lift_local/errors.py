@@ -28,6 +28,10 @@ class ModelError(LiftError):
     """A model that is unknown, misconfigured or missing."""
 
 
+class ClusterError(LiftError):
+    """A Ray cluster that cannot be reached, or work on it that failed or did not come back."""
+
+
 class NothingToCompare(LiftError):
     """Two score files that share no scored record."""
 

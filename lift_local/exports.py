@@ -36,6 +36,8 @@ FORMATS = {
 }
 _SHAREGPT_TAGS = {"system": "system", "user": "human", "assistant": "gpt"}
 _COLUMNS = ("id", "instruction", "input", "output")
+_SCHEMA = pa.schema([(name, pa.string()) for name in _COLUMNS])
+_BLOCK_ROWS = 65_536  # rows per Parquet row group: a million records are never one Arrow table in memory
 
 
 def write(out_dir: Path, records: list[Record], fmt: str) -> str:
@@ -75,7 +77,9 @@ def _table(records: list[Record]) -> pa.Table:
 
 
 def _parquet(path: Path, records: list[Record]) -> None:
-    pq.write_table(_table(records), path)
+    with pq.ParquetWriter(path, _SCHEMA) as writer:
+        for start in range(0, len(records), _BLOCK_ROWS):
+            writer.write_table(_table(records[start : start + _BLOCK_ROWS]))
 
 
 def _datasets(folder: Path, records: list[Record]) -> None:

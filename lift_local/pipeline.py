@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from . import exports
-from .config import RunConfig
+from .config import ClusterConfig, RunConfig
 from .errors import ConfigError
 from .manifest import Manifest, PhaseEntry
-from .phases import Local, Outcome, Phase
+from .phases import Executor, Local, Outcome, Phase
 from .records import Record, read_records, write_records
 from .workbench import Workbench
 
@@ -44,7 +45,8 @@ def run(
 ) -> Manifest:
     """Run (or resume) every phase into `out_dir`; returns the manifest.
 
-    `fields` maps lift-local's field names to the input's columns (`read_records`).
+    `fields` maps lift-local's field names to the input's columns (`read_records`). With `config.cluster.ray`,
+    the phases' per-record work runs on that Ray cluster; everything else, and every file, is the same.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sample(read_records(input_path, fields), limit, seed)
@@ -61,49 +63,59 @@ def run(
     decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
     upstream = _digest(manifest.input)
     current: list[Record] | None = records
-    estimated = False  # once, after the first phase that asked a model for replies
-    for number, phase in enumerate(config.phases, start=1):
-        label = f"[{number}/{len(config.phases)}] {phase.name}"
-        if phase not in active:
-            manifest.phases[phase.name] = PhaseEntry("skipped")
-            echo(f"{label}: skipped")
-            continue
-        params = dataclasses.asdict(phase.params)
-        fingerprint = _digest({"phase": phase.name, "params": params, "upstream": upstream, **decided_by[phase.name]})
-        entry = old_phases.get(phase.name)
-        if entry is not None and entry.fingerprint == fingerprint and _outputs_intact(out_dir, entry):
-            manifest.phases[phase.name] = entry
-            current = None  # read lazily, only if a later phase has to run
-            echo(f"{label}: unchanged since {entry.finished}, kept {entry.records_out} records")
-        else:
-            if current is None:
-                current = read_records(out_dir / _last_output(manifest))
-            echo(f"{label}: started on {len(current)} records")
-            started, asked = time.perf_counter(), bench.replies_asked()
-            outcome = phase.run(current, Local(bench))
-            entry = _write_phase(out_dir, number, phase, outcome)
-            entry.fingerprint, entry.params, entry.records_in = fingerprint, params, len(current)
-            entry.seconds = round(time.perf_counter() - started, 1)
-            manifest.phases[phase.name] = entry
-            manifest.save(out_dir)
-            current = outcome.records
-            echo(f"{label}: {entry.records_in} → {entry.records_out} records in {entry.seconds} s")
-            for line in phase.summary(outcome):
-                echo(f"    {line}")
-            asked = bench.replies_asked() - asked
-            if not estimated and asked:
-                estimated = True
-                later = active[active.index(phase) + 1:]
-                estimate = _estimate(later, len(current), entry.seconds / asked, phase.name)
-                if estimate:
-                    echo(estimate)
-        upstream = entry.output_sha256
+    with executor_for(config.cluster, bench) as executor:
+        estimated = False  # once, after the first phase that asked a model for replies
+        for number, phase in enumerate(config.phases, start=1):
+            label = f"[{number}/{len(config.phases)}] {phase.name}"
+            if phase not in active:
+                manifest.phases[phase.name] = PhaseEntry("skipped")
+                echo(f"{label}: skipped")
+                continue
+            params = dataclasses.asdict(phase.params)
+            fingerprint = _digest({"phase": phase.name, "params": params, "upstream": upstream, **decided_by[phase.name]})
+            entry = old_phases.get(phase.name)
+            if entry is not None and entry.fingerprint == fingerprint and _outputs_intact(out_dir, entry):
+                manifest.phases[phase.name] = entry
+                current = None  # read lazily, only if a later phase has to run
+                echo(f"{label}: unchanged since {entry.finished}, kept {entry.records_out} records")
+            else:
+                if current is None:
+                    current = read_records(out_dir / _last_output(manifest))
+                echo(f"{label}: started on {len(current)} records")
+                started, asked = time.perf_counter(), bench.replies_asked()
+                outcome = phase.run(current, executor)
+                entry = _write_phase(out_dir, number, phase, outcome)
+                entry.fingerprint, entry.params, entry.records_in = fingerprint, params, len(current)
+                entry.seconds = round(time.perf_counter() - started, 1)
+                manifest.phases[phase.name] = entry
+                manifest.save(out_dir)
+                current = outcome.records
+                echo(f"{label}: {entry.records_in} → {entry.records_out} records in {entry.seconds} s")
+                for line in phase.summary(outcome):
+                    echo(f"    {line}")
+                asked = bench.replies_asked() - asked
+                if not estimated and asked:
+                    estimated = True
+                    later = active[active.index(phase) + 1:]
+                    estimate = _estimate(later, len(current), entry.seconds / asked, phase.name)
+                    if estimate:
+                        echo(estimate)
+            upstream = entry.output_sha256
     curated = current if current is not None else read_records(out_dir / _last_output(manifest))
     write_records(out_dir / CURATED, curated)
     manifest.curated = CURATED
     manifest.exports = {fmt: exports.write(out_dir, curated, fmt) for fmt in formats}
     manifest.save(out_dir)
     return manifest
+
+
+def executor_for(cluster: ClusterConfig, bench: Workbench) -> contextlib.AbstractContextManager[Executor]:
+    """Where the phases' `map` runs: this process, or the Ray cluster `cluster.ray` names."""
+    if cluster.ray is None:
+        return contextlib.nullcontext(Local(bench))
+    from .ray_executor import RayExecutor  # Ray is an optional extra, imported only when asked for
+
+    return RayExecutor(cluster, bench)
 
 
 def sample(records: list[Record], limit: int | None, seed: int) -> list[Record]:

@@ -19,7 +19,7 @@ from .llm import ChatModel
 from .llm.cache import CachedChat
 from .phases import Phase
 from .prompts import Prompt, load_prompt
-from .store import Store
+from .store import ShardedStore, Store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +42,18 @@ class Workbench:
     """The `Kit` a phase's map works with on this machine: its models behind their caches, and its prompts.
 
     `prompts` maps a template name to the user's own file in its place (e.g. {"judge": "my_judge.toml"}).
+    `sharded`: this is one of a cluster's replicas, storing into a shard of each cache (see store.py).
     """
 
-    def __init__(self, cache_dir: Path, models_config: ModelsConfig = ModelsConfig(), prompts: Mapping[str, str] = {}):
+    _CACHES = ("replies", "embeddings")
+
+    def __init__(self, cache_dir: Path, models_config: ModelsConfig = ModelsConfig(), prompts: Mapping[str, str] = {},
+                 sharded: bool = False):
         self.cache_dir = Path(cache_dir).expanduser()
         self.models = models_config
         self.prompts = dict(prompts)
-        self._stores: dict[str, Store] = {}
+        self.sharded = sharded
+        self._stores: dict[str, Store | ShardedStore] = {}
         self._built: dict[str, Any] = {}
 
     def chat(self, role: str) -> ChatModel:
@@ -86,6 +91,21 @@ class Workbench:
                    for p in self.phase_prompts(phase)}
         return {"models": {role: self._identity(role) for role in phase.roles}, "prompts": prompts}
 
+    def absorb_shards(self) -> None:
+        """Fold the cluster replicas' cache shards into the caches."""
+        for name in self._CACHES:
+            self._store(name).absorb()
+
+    def portable(self) -> dict[str, Any]:
+        """What builds the same Workbench on another machine of a cluster: absolute paths (its working
+        folder differs), which must be the same on every machine (a shared folder)."""
+        def absolute(value: str | None) -> str | None:
+            return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
+
+        chosen = {role: absolute(getattr(self.models, role)) for role in models.ROLES}
+        return {"cache_dir": self.cache_dir.resolve(), "models_config": dataclasses.replace(self.models, **chosen),
+                "prompts": {name: absolute(path) for name, path in self.prompts.items()}}
+
     def __enter__(self) -> Workbench:
         return self
 
@@ -104,7 +124,12 @@ class Workbench:
         spec = models.resolve(role, override)
         return spec.name
 
-    def _store(self, name: str) -> Store:
+    def _store(self, name: str) -> Store | ShardedStore:
         if name not in self._stores:
-            self._stores[name] = Store(self.cache_dir / f"{name}.sqlite", name)
+            path = self.cache_dir / f"{name}.sqlite"
+            if self.sharded:
+                self._stores[name] = ShardedStore(path, name)
+            else:
+                self._stores[name] = Store(path, name)
+                self._stores[name].absorb()  # what replicas of a cluster run stored, e.g. one interrupted
         return self._stores[name]

@@ -4,6 +4,7 @@ The rewriter and judge are fakes (`FakeChat`) so that what each run asks of them
 embedding model is the real one. `test_run_vllm.py` runs the same command on the real engine.
 """
 
+import contextlib
 import hashlib
 import json
 
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 
 from fakes import FakeChat, FakeChatInterrupted, json_reply, last_user_message
 from lift_local.cli import main
+from lift_local.config import ClusterConfig, load_config
+from lift_local.phases import Local
 from lift_local.prompts import load_prompt
 from conftest import SHARED_DATA
 from lift_local.records import read_records
@@ -146,6 +149,8 @@ def test_skipped_phases_and_limit(tmp_path, sample, run):
         ("[quality\ntop = 5\n", "not valid TOML"),
         ("[run]\nskip = ['enhanse']\n", "cannot skip unknown phase 'enhanse'"),
         ("[run]\nskip = 3\n", "[run] skip must be a list of phase names, got 3"),
+        ("[run]\nrays = 'auto'\n", "[run]: unknown key 'rays' (known: ray, replicas, gpus_per_replica,"),
+        ("[run]\nray = 'auto'\nreplicas = 0\n", "[run]: replicas must be at least 1, got 0"),
     ],
 )
 def test_config_errors_are_clear(tmp_path, sample, run, config, expected):
@@ -203,3 +208,25 @@ def test_run_removes_duplicates_first_and_benchmark_items_after_expansion(tmp_pa
     assert "records contained benchmark test items" in report  # the warning at the top
     assert (tmp_path / "run" / "figures" / "dedup_removed.png").is_file()
     assert (tmp_path / "run" / "figures" / "decontaminate_removed.png").is_file()
+
+
+def test_cluster_settings_come_from_the_run_section_and_the_command_line(tmp_path):
+    path = tmp_path / "lift.toml"
+    path.write_text('[run]\nray = "10.0.0.5:6379"\nreplicas = 8\ngpus_per_replica = 1\nskip = ["expand"]\n')
+    assert load_config(path).cluster == ClusterConfig(ray="10.0.0.5:6379", replicas=8, gpus_per_replica=1)
+    assert load_config(path, run={"ray": "auto", "replicas": 2}).cluster.ray == "auto"
+    assert load_config(path, run={"replicas": 2}).cluster.replicas == 2
+    assert load_config().cluster.ray is None  # without it, the run stays in this process
+
+
+def test_ray_option_alone_means_the_cluster_of_this_machine(tmp_path, sample, run, monkeypatch):
+    chosen = []
+
+    def executor_for(cluster, bench):
+        chosen.append(cluster)
+        return contextlib.nullcontext(Local(bench))
+
+    monkeypatch.setattr("lift_local.pipeline.executor_for", executor_for)
+    result, _, _ = run(sample, "--replicas", "3", "--ray")
+    assert result.exit_code == 0, result.output
+    assert chosen == [ClusterConfig(ray="auto", replicas=3)]
