@@ -123,7 +123,8 @@ def figure(rows: Sequence[Row], reference: ScoreTable) -> Figure:
     y = np.arange(len(rows))
     spearman = [r.agreement.spearman or 0.0 for r in rows]
     colours = [GREY if r.name.startswith("baseline") else BLUE for r in rows]
-    ax.barh(y, spearman, color=colours, label="Spearman")
+    ax.barh(y, spearman, color=colours)
+    ax.barh([], [], color=BLUE, label="Spearman (baselines grey)")
     ax.plot([r.agreement.pearson or 0.0 for r in rows], y, "o", color=ORANGE, label="Pearson")
     ax.plot([r.agreement.kendall or 0.0 for r in rows], y, "|", color="black", markersize=12, label="Kendall")
     for (label, value), style in zip(LANDMARKS.items(), (":", "--"), strict=True):

@@ -32,4 +32,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 # Converts the packaged SmolLM2 GGUF into a safetensors folder vLLM loads; skipped when already there.
-HF_HUB_OFFLINE=1 "$venv/bin/lift-local" models prepare --quiet
+# The converters' progress bars go to the set-up log, so the demo's terminal shows lift-local's lines.
+HF_HUB_OFFLINE=1 "$venv/bin/lift-local" models prepare --quiet 2>>"$venv/setup.log" \
+    || { tail -n 30 "$venv/setup.log"; exit 1; }
