@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's lift-local, wherever the environment's is installed from
 DATA = ROOT.parent / "shared" / "data" / "code_alpaca_2k.json"  # the shared data beside the checkout
 SIDES = {"in process": None, "Ray, 1 replica": 1, "Ray, 2 replicas": 2}
 
