@@ -77,7 +77,7 @@ def test_full_run_writes_every_phase_manifest_report_and_exports(tmp_path, sampl
     assert messages[0]["messages"][1] == {"role": "assistant", "content": curated[0].output}
     assert (run_dir / "report.html").is_file()
     assert f"Curated data: {run_dir / 'curated.jsonl'}" in result.output
-    assert "[2/4] expand: started on 16 records" in result.output
+    assert "[3/6] expand: started on 16 records" in result.output
     # One estimate, after enhance: expand asks at most 16 rewrites + 16 answers, quality 16 verdicts
     # (variety keeps half of expand's most, 32).
     assert result.output.count("estimate: the rest of the run takes ") == 1
