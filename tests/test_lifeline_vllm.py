@@ -44,7 +44,7 @@ def test_kill_9_ends_the_engine_and_the_run_resumes_quietly(tmp_path, real_sampl
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not ENGINE_LOG_LINE.search(resumed.stdout + resumed.stderr)
-    assert re.search(r"^\[4/4\] quality: \d+ → 2 records in ", resumed.stdout, re.MULTILINE)
+    assert re.search(r"^\[6/6\] quality: \d+ → 2 records in ", resumed.stdout, re.MULTILINE)
     assert "estimate: the rest of the run takes " in resumed.stdout
     assert "reply/s" in resumed.stderr or "s/reply" in resumed.stderr  # the progress bars, with their rate
     assert f"Log:          {out / 'lift-local.log'}" in resumed.stdout
