@@ -221,8 +221,3 @@ def all_phases() -> list[type[Phase]]:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     return sorted(Phase._registry.values(), key=lambda cls: cls.order)
-
-
-def phase_named(name: str) -> type[Phase]:
-    phases = {cls.name: cls for cls in all_phases()}
-    return phases[name]
