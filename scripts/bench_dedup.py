@@ -47,30 +47,31 @@ SHARES = {"exact": 0.04, "near": 0.04, "semantic": 0.02}
 MAKERS = {"exact": plants.exact_copy, "near": plants.near_copy, "semantic": plants.reworded_copy}
 
 
-def made_records(n: int, rng: random.Random) -> tuple[list[Record], np.ndarray]:
-    """n distinct records of real text, and their synthetic embeddings."""
+def made_records(n: int, rng: random.Random, room: int = 0) -> tuple[list[Record], np.ndarray]:
+    """n distinct records of real text, and their synthetic embeddings (with `room` rows more, unset)."""
     real = read_records(SHARED / "code_alpaca_2k.json") + read_records(SHARED / "dolly_3k.json")
     heads = [" ".join(r.instruction.split()[:20]) for r in real]
     answers = [" ".join(r.output.split()[:40]) for r in real]
     vectors = np.random.default_rng(0).normal(size=(len(real), DIMENSION)).astype(np.float32)
-    records, embeddings = [], np.empty((n, DIMENSION), dtype=np.float32)
+    records, embeddings = [], np.empty((n + room, DIMENSION), dtype=np.float32)
     for k in range(n):
         a, b, c, d, e = (rng.randrange(len(real)) for _ in range(5))
         records.append(Record(f"{heads[a]} {heads[b]}", "", f"{answers[c]}\n{answers[d]}\n{answers[e]}", f"r{k}"))
         embeddings[k] = vectors[[a, b, c, d, e]].sum(axis=0)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    embeddings[:n] /= np.linalg.norm(embeddings[:n], axis=1, keepdims=True)
     return records, embeddings
 
 
 class Lookup:
-    """An embedder that returns the synthetic embedding of each text it was given."""
+    """An embedder that returns the synthetic embedding of each text it was given (found by the text's
+    hash: a million texts kept as keys would weigh a GiB)."""
 
     def __init__(self, texts: list[str], embeddings: np.ndarray):
-        self.rows = {text: row for row, text in enumerate(texts)}
+        self.rows = {hash(text): row for row, text in enumerate(texts)}
         self.embeddings = embeddings
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.embeddings[[self.rows[text] for text in texts]]
+        return self.embeddings[[self.rows[hash(text)] for text in texts]]
 
     def embedder(self) -> Lookup:  # the Kit
         return self
@@ -79,17 +80,17 @@ class Lookup:
 def bench_dedup(total: int) -> dict:
     rng = random.Random(total)
     n = round(total / (1 + sum(SHARES.values())))
-    records, embeddings = made_records(n, rng)
-    copies, rows, noise = [], [], np.random.default_rng(1)
-    for method, share in SHARES.items():
-        for source in rng.sample(range(n), round(share * n)):
-            copies.append((method, MAKERS[method](records[source], rng)))
-            rows.append(embeddings[source] + (0.2 / np.sqrt(DIMENSION)) * noise.normal(size=DIMENSION) * (method == "semantic"))
-    planted = {copy.id: method for method, copy in copies}
-    records += [copy for _, copy in copies]
-    embeddings = np.concatenate([embeddings, np.array(rows, dtype=np.float32)])
+    sources = {method: rng.sample(range(n), round(share * n)) for method, share in SHARES.items()}
+    records, embeddings = made_records(n, rng, room=sum(map(len, sources.values())))
+    planted, noise = {}, np.random.default_rng(1)
+    for method, chosen in sources.items():
+        for source in chosen:
+            copy = MAKERS[method](records[source], rng)
+            planted[copy.id] = method
+            shift = (0.2 / np.sqrt(DIMENSION)) * noise.normal(size=DIMENSION) if method == "semantic" else 0
+            embeddings[len(records)] = embeddings[source] + shift
+            records.append(copy)
     kit = Lookup([task_text(r) for r in records], embeddings)
-    del embeddings
 
     selection, measured = _timed(Dedup(), records, kit)
     dropped = {records[i].id for i in selection.side["dropped"]}
