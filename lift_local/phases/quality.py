@@ -261,7 +261,8 @@ class Quality(
         summaries.append(Summary.of("total", 100, totals))
         best = 100 * (params.judge_weight + params.length_weight)
         summaries.append(Summary.of("quality", best, [meta[i]["quality"] for i in ranked]))
-        warnings = uniformity_warnings(totals)
+        uniform = uniformity_warnings(totals)
+        warnings = list(uniform)
         sampled_totals = [features[i].sampled_total for i in ranked]
         if wanted > len(ranked):
             warnings.append(f"asked for {wanted} records but only {len(ranked)} were judged; kept all of them")
@@ -271,7 +272,7 @@ class Quality(
             "failed": dict(Counter(features[i].status for i in failures)),
             "kept": len(kept),
             "length_T": threshold,
-            "uniform_warning": bool(uniformity_warnings(totals)),
+            "uniform_warning": bool(uniform),
             # Distinct totals of what was ranked, and of the values written: how many ties expected scores broke.
             "distinct_totals": len(set(totals)),
             "distinct_sampled_totals": len(set(sampled_totals)),
