@@ -147,8 +147,9 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
     else:
         callback = None
         if hint is bool:
-            return click.Option([f"--{field.name.replace('_', '-')}", field.name], is_flag=True,
-                                default=field.default, help=meta.get("help"))
+            flag = field.name.replace("_", "-")
+            return click.Option([f"--{flag}/--no-{flag}", field.name], default=field.default, help=meta.get("help"),
+                                show_default=True)
         if typing.get_origin(hint) is typing.Literal:
             kind = click.Choice(typing.get_args(hint))
         elif hint in (int, float) and ("low" in meta or "high" in meta):
@@ -265,8 +266,9 @@ for _cls in all_phases():
               "reference score.")
 @click.option("--reference-scale", type=click.FloatRange(0, min_open=True), default=10.0,
               help="The reference scores' maximum: they are read as 0..MAX.")
-@click.option("--expected", is_flag=True, help="Judge with expected scores (the digit rubric; see `quality "
-              "--expected`): ranks their written and expected totals both.")
+@click.option("--expected/--no-expected", default=True, show_default=True,
+              help="Judge as `quality` does by default, with expected scores (the digit rubric): ranks the written "
+              "and the expected totals both. --no-expected: the paper's integer rubric.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded random sample of N records.")
 @click.option("--seed", type=int, default=0, help="Seed of the --limit sample and of the random judge.")
 @click.option("--top", metavar="N|FRACTION", default="0.5", callback=_parsing(count_or_fraction),

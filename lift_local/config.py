@@ -88,6 +88,11 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
             raise ConfigError(f"{where} [prompts]: unknown key '{name}' (known: {', '.join(bundled_names())})")
         if not isinstance(value, str):
             raise ConfigError(f"{where} [prompts]: '{name}' must be a string, got {value!r}")
+    used = {phase.name: sorted(set(phase.templates().values())) for phase in phases if phase.prompts}
+    for name in prompts:  # e.g. a judge prompt given while quality judges with judge_digits (expected scores)
+        if not any(name in templates for templates in used.values()):
+            uses = "; ".join(f"{phase}: {', '.join(templates)}" for phase, templates in used.items())
+            raise ConfigError(f"{where} [prompts]: '{name}' is not used with these phase parameters ({uses})")
     return RunConfig(phases=phases, models=models, prompts=prompts, skip=frozenset(skipped), cluster=cluster)
 
 

@@ -277,7 +277,7 @@ def test_reads_what_the_quality_phase_writes(code_alpaca, tmp_path):
         scores = next(v for instruction, v in by_instruction.items() if instruction in user)
         return json.dumps(scores) if scores else "I cannot score this."
 
-    outcome = run_phase(Quality(QualityParams(top=20, retries=1)), records, judge=FakeChat(respond))
+    outcome = run_phase(Quality(QualityParams(expected=False, top=20, retries=1)), records, judge=FakeChat(respond))
     write_records(tmp_path / "scores.jsonl", outcome.side["scores"])
     write_records(tmp_path / "records.jsonl", records)
     totals = [sum(v.values()) if v else None for v in by_instruction.values()]
@@ -432,7 +432,7 @@ def test_scores_match_a_reference_keyed_by_the_users_own_ids(tmp_path, cli_model
     (tmp_path / "answers.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "gpt4.jsonl").write_text("".join(json.dumps({"id": r["id"], "score": r["gpt4_score"]}) + "\n" for r in rows))
     cli_models["judge"] = FakeChat(lambda c: json.dumps({"clarity": 9, "difficulty": 9, "explanation": 9, "accuracy": len(c[-1]["content"]) % 36}))
-    args = ["quality", str(tmp_path / "answers.jsonl"), str(tmp_path / "kept.jsonl"), "--top", "5",
+    args = ["quality", str(tmp_path / "answers.jsonl"), str(tmp_path / "kept.jsonl"), "--top", "5", "--no-expected",
             "--scores", str(tmp_path / "ours.jsonl"), "--cache-dir", str(tmp_path / "cache")]
     assert CliRunner().invoke(main, args).exit_code == 0
     result = CliRunner().invoke(main, ["compare-judges", str(tmp_path / "ours.jsonl"), str(tmp_path / "gpt4.jsonl")])

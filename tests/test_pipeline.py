@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from fakes import FakeChat, FakeChatInterrupted, json_reply, last_user_message
 from lift_local.cli import main
 from lift_local.config import ClusterConfig, load_config
+from lift_local.errors import ConfigError
 from lift_local.phases import Local
 from lift_local.prompts import load_prompt
 from conftest import SHARED_DATA
@@ -48,7 +49,8 @@ def run(tmp_path, cli_models):
         cli_models["rewriter"] = FakeChat(rewriter_reply, name="fake-rewriter")
         cli_models["judge"] = judge or FakeChat(judge_reply, name="fake-judge")
         argv = ["run", str(sample), "--out", str(tmp_path / "run"), "--set", "expand.task='code'",
-                "--set", "expand.rounds=1", "--set", "variety.keep=0.5", "--set", "quality.top=6", *args]
+                "--set", "expand.rounds=1", "--set", "variety.keep=0.5", "--set", "quality.top=6",
+                "--set", "quality.expected=false", *args]
         result = CliRunner().invoke(main, argv)
         return result, cli_models["rewriter"], cli_models["judge"]
 
@@ -151,6 +153,9 @@ def test_skipped_phases_and_limit(tmp_path, sample, run):
         ("[run]\nskip = 3\n", "[run] skip must be a list of phase names, got 3"),
         ("[run]\nrays = 'auto'\n", "[run]: unknown key 'rays' (known: ray, replicas, gpus_per_replica,"),
         ("[run]\nray = 'auto'\nreplicas = 0\n", "[run]: replicas must be at least 1, got 0"),
+        ("[prompts]\nexpand_nlu = 'mine.toml'\n",  # the run expands code: this prompt would be ignored
+         "[prompts]: 'expand_nlu' is not used with these phase parameters (enhance: enhance; expand: enhance, "
+         "expand_code; quality: judge)"),
     ],
 )
 def test_config_errors_are_clear(tmp_path, sample, run, config, expected):
@@ -167,6 +172,13 @@ def test_bad_task_on_the_command_line_is_clear(sample, run):
     result, _, _ = run(sample, "--set", "expand.task=math")
     assert result.exit_code == 1
     assert "--set [expand]: 'task' must be one of 'nlu', 'code', got 'math'" in result.output
+
+
+def test_a_judge_prompt_with_expected_scores_is_refused_not_ignored():
+    """Expected scores judge with judge_digits (the default): a [prompts] judge would silently go unused."""
+    with pytest.raises(ConfigError, match=r"'judge' is not used with these phase parameters .* quality: judge_digits"):
+        load_config(overrides=["prompts.judge='mine.toml'"])
+    assert load_config(overrides=["prompts.judge='mine.toml'", "quality.expected=false"]).prompts == {"judge": "mine.toml"}
 
 
 def test_bad_set_override_is_clear(sample, run):

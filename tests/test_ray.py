@@ -140,7 +140,7 @@ def test_ray_run_curates_what_the_in_process_run_does_though_a_replica_dies(tmp_
     _, orphans = psutil.wait_procs(engine, timeout=60)
     assert orphans == []  # the engine went with its replica
 
-    assert "[4/4] quality" in output
+    assert "[6/6] quality" in output
     phases = [json.loads((run / "manifest.json").read_text())["phases"] for run in (local, on_ray)]
     assert [[(p["records_in"], p["records_out"]) for p in run.values()] for run in phases] == [
         [(p["records_in"], p["records_out"]) for p in phases[0].values()]] * 2
@@ -155,7 +155,8 @@ def test_embeddings_on_two_replicas_select_what_one_process_selects(tmp_path, re
     only_variety = ["--skip", "enhance", "--skip", "expand", "--skip", "quality", "--set", "variety.keep=0.5"]
     _finish(_run(sample, "--out", str(tmp_path / "local"), *only_variety))
     _finish(_run(sample, "--out", str(tmp_path / "ray"), *only_variety, "--ray", cluster.address, "--replicas", "2"))
-    local, on_ray = (read_records(tmp_path / run / "3-variety.jsonl") for run in ("local", "ray"))
+    local, on_ray = (read_records(tmp_path / run / json.loads((tmp_path / run / "manifest.json").read_text())["phases"]
+                                  ["variety"]["output"]) for run in ("local", "ray"))
     assert [r.id for r in on_ray] == [r.id for r in local] and len(local) == 20
     assert [r.meta["row_variance"] for r in on_ray] == pytest.approx([r.meta["row_variance"] for r in local], rel=1e-4)
 
