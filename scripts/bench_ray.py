@@ -92,6 +92,8 @@ def main() -> None:
     rows = [f"| {label} | {medians[label]:.1f} | {args.records / medians[label]:.2f} | {base / medians[label]:.2f}x | "
             f"{', '.join(f'{s:.1f}' for s in seconds[label])} |" for label in SIDES]
     command = "scripts/bench_ray.py " + shlex.join(sys.argv[1:])
+    figure_path = args.out.with_suffix(".png")
+    plot(seconds, args.records, figure_path)
     report = f"""# Ray path against the in-process path
 
 Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()},
@@ -105,9 +107,24 @@ other work: load average (1 / 5 / 15 min) {load}.
 {chr(10).join(rows)}
 
 Goal: Ray with one replica at least 0.8x in process.
+
+![records per second of each path: medians as bars, each run as a dot]({figure_path.name})
 """
     args.out.write_text(report, encoding="utf-8")
     print(report)
+
+
+def plot(seconds: dict[str, list[float]], records: int, path: Path) -> None:
+    from lift_local import report
+
+    figure, (ax,) = report.new_figure(7, 2.4)
+    labels = list(seconds)
+    ax.barh(labels, [records / statistics.median(seconds[label]) for label in labels], color=report.BLUE)
+    for y, label in enumerate(labels):
+        ax.plot([records / s for s in seconds[label]], [y] * len(seconds[label]), "o", color=report.GREY)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"records judged per second ({records} records, engine start included)")
+    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,13 @@ def test_ray_run_curates_what_the_in_process_run_does_though_a_replica_dies(tmp_
     assert [[(p["records_in"], p["records_out"]) for p in run.values()] for run in phases] == [
         [(p["records_in"], p["records_out"]) for p in phases[0].values()]] * 2
     curated = [read_records(run / "curated.jsonl") for run in (local, on_ray)]
-    assert [(r.id, r.output, r.meta["judge"]) for r in curated[0]] == [(r.id, r.output, r.meta["judge"]) for r in curated[1]]
+    written = [[(r.id, r.output, {k: v for k, v in r.meta["judge"].items() if not k.startswith("expected")}) for r in run]
+               for run in curated]
+    assert written[0] == written[1]
+    # Logprobs differ in their last digits with the batch an engine runs (CPU float sums): expected scores agree
+    # to 1e-4, and rank the records alike.
+    assert [r.meta["judge"]["expected_total"] for r in curated[1]] == pytest.approx(
+        [r.meta["judge"]["expected_total"] for r in curated[0]], rel=1e-4)
     assert len(curated[0]) == 4
     assert not list((on_ray / "cache" / "shards").glob("*.sqlite"))  # every shard folded into the run's cache
 
