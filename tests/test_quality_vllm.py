@@ -10,10 +10,10 @@ from lift_local.records import read_records
 pytestmark = pytest.mark.vllm
 
 
-def test_quality_command_with_real_judge(smollm, real_sample, tmp_path):
+def test_quality_command_with_real_judge_and_the_papers_integer_rubric(smollm, real_sample, tmp_path):
     source = real_sample("code_alpaca_2k.json", [1, 3, 7, 12, 20, 33, 54, 88])
     out, baseline, scores = tmp_path / "kept.jsonl", tmp_path / "baseline.jsonl", tmp_path / "scores.jsonl"
-    args = ["quality", str(source), str(out), "--top", "3", "--judge", smollm.name,
+    args = ["quality", str(source), str(out), "--top", "3", "--judge", smollm.name, "--no-expected",
             "--baseline", str(baseline), "--scores", str(scores), "--cache-dir", str(tmp_path / "cache")]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
@@ -36,10 +36,10 @@ def test_quality_command_with_real_judge(smollm, real_sample, tmp_path):
         assert f"\n{name} " in run.output
 
 
-def test_expected_scores_with_real_judge_lie_in_range_and_break_ties(smollm, real_sample, tmp_path):
+def test_expected_scores_by_default_with_real_judge_lie_in_range_and_break_ties(smollm, real_sample, tmp_path):
     source = real_sample("code_alpaca_2k.json", list(range(100, 112)))
     scores = tmp_path / "scores.jsonl"
-    args = ["quality", str(source), str(tmp_path / "kept.jsonl"), "--top", "4", "--judge", smollm.name, "--expected",
+    args = ["quality", str(source), str(tmp_path / "kept.jsonl"), "--top", "4", "--judge", smollm.name,
             "--scores", str(scores), "--cache-dir", str(tmp_path / "cache")]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
