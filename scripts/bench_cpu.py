@@ -62,7 +62,7 @@ def configs() -> dict[str, tuple[dict[str, str] | None, dict]]:
     bind = {"VLLM_CPU_OMP_THREADS_BIND": _cpus()}
     reserve0 = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     return {
-        "old": ({}, {}),
+        "old": ({}, {"dtype": "auto"}),  # the model's own dtype (bfloat16), as before cpu_engine chose one
         "new": (None, {"+new": True}),
         "new in bfloat16": (None, {"+new": True, "dtype": "bfloat16"}),
         "new without preload": (reserve0, {"+new": True}),
@@ -125,9 +125,9 @@ def child(name: str, enhance_count: int, judge_count: int, max_tokens: int) -> d
     from vllm.sampling_params import StructuredOutputsParams
 
     from lift_local import cpu_engine, models
-    from lift_local.llm import engine_settings
+    from lift_local.llm.inprocess import engine_settings
+    from lift_local.phases.quality import JUDGE_SCHEMA, Quality
     from lift_local.prompts import load_prompt
-    from lift_local.quality import JUDGE_SCHEMA, PROMPT_FIELDS
     from lift_local.records import read_records
 
     env, overrides = configs()[name]
@@ -136,7 +136,7 @@ def child(name: str, enhance_count: int, judge_count: int, max_tokens: int) -> d
     new = cpu_engine.engine_settings() if overrides.pop("+new", False) else {}
     settings = engine_settings({**spec.vllm, **new, **overrides})
     records = read_records(DATA)
-    enhance, judge = load_prompt("enhance"), load_prompt("judge", requires=PROMPT_FIELDS)
+    enhance, judge = load_prompt("enhance"), load_prompt("judge", requires=Quality.requires)
     warm = records[:WARM_UP]
     timed_enhance = records[WARM_UP : WARM_UP + enhance_count]
     timed_judge = records[WARM_UP + enhance_count : WARM_UP + enhance_count + judge_count]

@@ -58,12 +58,14 @@ def measure(records: int, replicas: int | None) -> dict:
 def child(records: int, replicas: int | None) -> dict:
     """`measure` in a fresh process (it pays vLLM's import and engine start like a real run does)."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray on loopback, not the network address
-    argv = [sys.executable, __file__, "--child", "--records", str(records)]
-    argv += ["--replicas", str(replicas)] if replicas else []
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"measurement failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as folder:  # a file, not stdout: vLLM and Ray log to stdout too
+        result = Path(folder) / "result.json"
+        argv = [sys.executable, __file__, "--child", "--records", str(records), "--result", str(result)]
+        argv += ["--replicas", str(replicas)] if replicas else []
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not result.is_file():
+            sys.exit(f"measurement failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(result.read_text())
 
 
 def main() -> None:
@@ -73,9 +75,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_ray.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--replicas", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.records, args.replicas)))
+        args.result.write_text(json.dumps(measure(args.records, args.replicas)))
         return
 
     load_before = os.getloadavg()
@@ -99,8 +102,8 @@ def main() -> None:
 Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()},
 with `{command}`: the quality phase on {args.records} Code Alpaca records, the packaged judge (SmolLM2-135M,
 vLLM on CPU), an empty reply cache each time; every measurement in a fresh process (vLLM import, engine
-start and judging counted), medians of {args.repeat} runs in alternating order. The machine was shared with
-other work: load average (1 / 5 / 15 min) {load}.
+start and judging counted), medians of {args.repeat} runs in alternating order. Load average (1 / 5 / 15
+min; the measurements' own engines count about 2 on 2 cores) {load}.
 
 | path | seconds | records/s | vs in process | runs (s) |
 | --- | --- | --- | --- | --- |
