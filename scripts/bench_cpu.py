@@ -335,7 +335,7 @@ def main() -> None:
                   f"{worker(result)['cpus_allowed']}, CPU use {worker(result)['cpu_share']:.2f}",
                   file=sys.stderr, flush=True)
     loads["end"] = load()
-    text = report(args, started, loads, runs)
+    text = report(args, started, loads, runs).replace(f"{ROOT}/", "")  # paths relative to the repository
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(text)
