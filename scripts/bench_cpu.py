@@ -7,10 +7,10 @@ like the demo's: --enhance records through the enhance prompt (free text, max_to
 configuration generates the same tokens. Records: lift_local/data/code_alpaca_sample.json. Configurations
 run in alternating order, --repeat times each; the table shows medians and the ratio to `old`.
 
-- old: today's environment (vLLM's variables, LD_PRELOAD, OMP_* and KMP_* removed) and
-  `llm.engine_settings`;
-- new: `cpu_engine.engine_environment_applied()` around `vllm.LLM(...)`, and `engine_settings` merged
-  with `cpu_engine.engine_settings()`, as lift-local runs it;
+- old: the environment before lift-local set one (vLLM's variables, LD_PRELOAD, OMP_* and KMP_* removed)
+  and `llm.inprocess.engine_settings` with the model's own dtype (bfloat16);
+- new: `cpu_engine.engine_environment_applied()` around `vllm.LLM(...)`, and `engine_settings` (which
+  includes `cpu_engine.engine_settings()`), as lift-local runs it;
 - the others: one change each against `old` or `new`, as their names say (see CONFIGS).
 
     .venv/bin/python scripts/bench_cpu.py [--configs old,new] [--repeat 3] [--out docs/bench_cpu.md]
@@ -58,24 +58,22 @@ def _libs(*names: str) -> dict[str, str]:
 
 def configs() -> dict[str, tuple[dict[str, str] | None, dict]]:
     """name -> (environment added in the child before the engine starts, or None for cpu_engine's;
-    engine settings over `engine_settings`, with "+new" meaning cpu_engine.engine_settings() first)."""
+    engine settings over `engine_settings`, which include cpu_engine.engine_settings())."""
     bind = {"VLLM_CPU_OMP_THREADS_BIND": _cpus()}
     reserve0 = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     return {
-        "old": ({}, {"dtype": "auto"}),  # the model's own dtype (bfloat16), as before cpu_engine chose one
-        "new": (None, {"+new": True}),
-        "new in bfloat16": (None, {"+new": True, "dtype": "bfloat16"}),
-        "new without preload": (reserve0, {"+new": True}),
-        "new without reserved 0": (_libs("tcmalloc", "iomp"), {"+new": True}),
-        "new with iomp only": (reserve0 | _libs("iomp"), {"+new": True}),
-        "new with tcmalloc only": (reserve0 | _libs("tcmalloc"), {"+new": True}),
-        "new with bind all": (bind | _libs("tcmalloc", "iomp"), {"+new": True}),
-        "new with nobind": (
-            {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} | _libs("tcmalloc", "iomp"), {"+new": True}
-        ),
-        "new compiled": (None, {"+new": True, "enforce_eager": False}),
-        "new with max_num_seqs 16": (None, {"+new": True, "max_num_seqs": 16}),
-        "new with max_num_batched_tokens 1024": (None, {"+new": True, "max_num_batched_tokens": 1024}),
+        "old": ({}, {"dtype": "auto"}),  # the model's own dtype (bfloat16): undoes cpu_engine's float32
+        "new": (None, {}),
+        "new in bfloat16": (None, {"dtype": "bfloat16"}),
+        "new without preload": (reserve0, {}),
+        "new without reserved 0": (_libs("tcmalloc", "iomp"), {}),
+        "new with iomp only": (reserve0 | _libs("iomp"), {}),
+        "new with tcmalloc only": (reserve0 | _libs("tcmalloc"), {}),
+        "new with bind all": (bind | _libs("tcmalloc", "iomp"), {}),
+        "new with nobind": ({"VLLM_CPU_OMP_THREADS_BIND": "nobind"} | _libs("tcmalloc", "iomp"), {}),
+        "new compiled": (None, {"enforce_eager": False}),
+        "new with max_num_seqs 16": (None, {"max_num_seqs": 16}),
+        "new with max_num_batched_tokens 1024": (None, {"max_num_batched_tokens": 1024}),
     }
 
 
@@ -131,10 +129,8 @@ def child(name: str, enhance_count: int, judge_count: int, max_tokens: int) -> d
     from lift_local.records import read_records
 
     env, overrides = configs()[name]
-    overrides = dict(overrides)
     spec = models.resolve("rewriter")
-    new = cpu_engine.engine_settings() if overrides.pop("+new", False) else {}
-    settings = engine_settings({**spec.vllm, **new, **overrides})
+    settings = engine_settings({**spec.vllm, **overrides})
     records = read_records(DATA)
     enhance, judge = load_prompt("enhance"), load_prompt("judge", requires=Quality.requires)
     warm = records[:WARM_UP]
