@@ -41,6 +41,12 @@ class quality:
         return self.phase.summary(self.outcome)
 
 
+def integers(**values) -> QualityParams:
+    """The paper's integer rubric (--no-expected), which these fake judges write: the values written are the
+    scores ranked. Expected scores are tested in test_expected.py."""
+    return QualityParams(expected=False, **values)
+
+
 GOOD = {"clarity": 10, "difficulty": 20, "explanation": 15, "accuracy": 30}
 
 
@@ -132,7 +138,7 @@ def test_length_score_and_final_quality_match_an_independent_computation():
     records = [record(f"Task {i}", out) for i, out in enumerate(outputs)]
     totals = [35, 50, 62, 70, 71, 77, 80, 85, 90, 95]
     judge = judge_by_instruction({r.instruction: scores_with_total(t) for r, t in zip(records, totals)})
-    result = quality(records, judge, QualityParams(expected=False, top=10))
+    result = quality(records, judge, integers(top=10))
 
     lengths = [len(r.instruction) + len(r.output.replace("\n", "").replace("\t", "")) for r in records]
     ordered = sorted(lengths)
@@ -155,7 +161,7 @@ def test_length_score_and_final_quality_match_an_independent_computation():
 def test_weights_and_percentile_are_parameters():
     records = [record("Short", "ab"), record("Long", "x" * 100)]
     judge = judge_by_instruction({"Short": scores_with_total(80), "Long": scores_with_total(40)})
-    params = QualityParams(expected=False, top=2, judge_weight=0.5, length_weight=0.5, length_percentile=50)
+    params = integers(top=2, judge_weight=0.5, length_weight=0.5, length_percentile=50)
     result = quality(records, judge, params)
     threshold = (len("Shortab") + len("Long") + 100) / 2
     assert result.stats["length_T"] == pytest.approx(threshold)
@@ -176,7 +182,7 @@ def test_length_score_is_full_at_or_above_the_threshold():
 def test_judged_records_keep_verdict_raw_reply_and_retry_count():
     records = [record("A"), record("B")]
     judge = judge_by_instruction({"A": GOOD, "B": f"Sure! {json.dumps(GOOD)}"})
-    result = quality(records, judge, QualityParams(expected=False, top=2))
+    result = quality(records, judge, integers(top=2))
     verdicts = {r.instruction: r.meta["judge"] for r in result.ranked}
     expected = {"status": "ok", "scores": GOOD, "total": 75, "raw": json.dumps(GOOD), "retries": 0}
     assert verdicts["A"] == {**expected, "model": "fake-judge"}
@@ -198,7 +204,7 @@ def test_failed_replies_are_asked_again_with_another_seed_and_never_become_score
 
     judge = FakeChat(respond)
     records = [record("Fine"), record("Fixed on retry"), record("Always bad")]
-    params = QualityParams(expected=False, top=3, retries=2, seed=7, retry_temperature=0.6)
+    params = integers(top=3, retries=2, seed=7, retry_temperature=0.6)
     result = quality(records, judge, params)
 
     assert [len(call.conversations) for call in judge.calls] == [3, 2, 1]  # only failures are asked again
@@ -220,7 +226,7 @@ def test_failed_replies_are_asked_again_with_another_seed_and_never_become_score
 
 def test_no_retries_means_one_request_per_record():
     judge = FakeChat(lambda c: "no")
-    result = quality([record("A"), record("B")], judge, QualityParams(expected=False, top=1, retries=0))
+    result = quality([record("A"), record("B")], judge, integers(top=1, retries=0))
     assert len(judge.calls) == 1
     assert [r.meta["judge"]["status"] for r in result.failures] == ["invalid_json", "invalid_json"]
     assert result.ranked == [] and result.kept == [] and result.baseline == []
@@ -228,14 +234,14 @@ def test_no_retries_means_one_request_per_record():
 
 def test_a_reply_cut_off_at_max_tokens_is_reported_as_truncated():
     judge = FakeChat(lambda c: '{"clarity": 10, "diffi', finish_reason="length")
-    result = quality([record("A")], judge, QualityParams(expected=False, top=1, retries=1))
+    result = quality([record("A")], judge, integers(top=1, retries=1))
     assert result.failures[0].meta["judge"]["status"] == "truncated"
     assert result.failures[0].meta["judge"]["retries"] == 1
 
 
 def test_a_prompt_too_long_for_the_judge_is_reported_and_not_asked_again():
     judge = FakeChat(lambda c: "", finish_reason=PROMPT_TOO_LONG)
-    result = quality([record("A")], judge, QualityParams(expected=False, top=1, retries=2))
+    result = quality([record("A")], judge, integers(top=1, retries=2))
     assert len(judge.calls) == 1
     assert result.failures[0].meta["judge"]["status"] == "prompt_too_long"
 
@@ -253,7 +259,7 @@ def twenty_records():
 @pytest.mark.parametrize("top, kept", [(5, 5), (0.25, 5), (0.5, 10), (1.0, 20), (0.01, 1), (30, 20)])
 def test_top_count_or_fraction_keeps_the_best(top, kept):
     records, judge = twenty_records()
-    result = quality(records, judge, QualityParams(expected=False, top=top))
+    result = quality(records, judge, integers(top=top))
     assert len(result.kept) == kept
     best = sorted(records, key=lambda r: r.instruction, reverse=True)[:kept]  # totals rise with the index
     assert {r.id for r in result.kept} == {r.id for r in best}
@@ -264,17 +270,17 @@ def test_kept_records_are_shuffled_by_the_seed():
     records, judge = twenty_records()
 
     def kept(seed):
-        return [r.id for r in quality(records, judge, QualityParams(expected=False, top=10, seed=seed)).kept]
+        return [r.id for r in quality(records, judge, integers(top=10, seed=seed)).kept]
 
     assert kept(1) == kept(1)
     assert kept(1) != kept(2) and set(kept(1)) == set(kept(2))
-    best_first = [r.id for r in quality(records, judge, QualityParams(expected=False, top=10, seed=1)).ranked[:10]]
+    best_first = [r.id for r in quality(records, judge, integers(top=10, seed=1)).ranked[:10]]
     assert kept(1) != best_first and set(kept(1)) == set(best_first)
 
 
 def test_baseline_is_a_random_subset_of_the_whole_input_of_the_kept_size():
     records, judge = twenty_records()
-    baselines = [quality(records, judge, QualityParams(expected=False, top=8, seed=s)).baseline for s in range(5)]
+    baselines = [quality(records, judge, integers(top=8, seed=s)).baseline for s in range(5)]
     ids = {r.id for r in records}
     for baseline in baselines:
         assert len(baseline) == 8 and len({r.id for r in baseline}) == 8
@@ -299,7 +305,7 @@ def test_uniform_judge_is_warned_about_and_spread_judge_is_not():
 def test_report_shows_every_dimension_and_the_warning():
     records = [record(f"T{i}") for i in range(6)]
     judge = judge_by_instruction({r.instruction: GOOD for r in records})
-    result = quality(records, judge, QualityParams(expected=False, top=3))
+    result = quality(records, judge, integers(top=3))
     lines = result.report()
     for name in (*DIMENSIONS, "total", "quality"):
         assert any(line.startswith(name) for line in lines)
@@ -312,7 +318,7 @@ def test_report_shows_every_dimension_and_the_warning():
 
 def test_summary_values_match_the_scores():
     records, judge = twenty_records()
-    result = quality(records, judge, QualityParams(expected=False, top=5))
+    result = quality(records, judge, integers(top=5))
     totals = [40 + 2 * i for i in range(20)]
     total = result.stats["scores"]["total"]
     assert total["mean"] == pytest.approx(statistics.fmean(totals))
