@@ -214,14 +214,15 @@ class Quality(
     """LIFT phase 4: the judge scores every record of IN; the N with the best final quality go to OUT
     (JSONL), shuffled.
 
-    The judge gives four scores in JSON: clarity 0-15, difficulty 0-25, explanation 0-25, accuracy 0-35;
-    their sum is its total. By default it writes one digit 0-9 per dimension and a dimension's score is
-    the probability-weighted mean of the ten digits in those points (expected scores: fewer ties, closer
-    to GPT-4; docs/judges.md); --no-expected ranks by the integers written. Final quality = judge weight x total + length weight x length score, where
-    the length score is 100 x L / T (at most 100), L a record's characters without tabs and newlines, T
-    the length percentile of L over IN. A reply that is not valid is asked again (--retries); a record
-    still without a valid reply is reported and never kept. Kept records carry lift.judge (scores,
-    total, expected scores and total, raw reply, status, retries), lift.length_score and lift.quality.
+    The judge gives four scores in JSON: clarity 0-15, difficulty 0-25, explanation 0-25, accuracy 0-35; their
+    sum is its total. By default it writes one digit 0-9 per dimension and a dimension's score is the
+    probability-weighted mean of the ten digits in those points (expected scores: fewer ties, closer to GPT-4;
+    docs/judges.md); --no-expected ranks by the integers written. Final quality = judge weight x total +
+    length weight x length score, where the length score is 100 x L / T (at most 100), L a record's characters
+    without tabs and newlines, T the length percentile of L over IN. A reply that is not valid is asked again
+    (--retries); a record still without a valid reply is reported and never kept. Kept records carry
+    lift.judge (scores, total, expected scores and total, raw reply, status, retries), lift.length_score and
+    lift.quality.
 
     Prints each score's distribution, and warns when the judge's totals are nearly uniform.
     """
