@@ -129,7 +129,9 @@ class RayExecutor:
             ray.init(address=self.config.ray, log_to_driver=False, logging_level=logging.WARNING,
                      runtime_env={"env_vars": _OFFLINE}, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ClusterError(f"cannot reach the Ray cluster at {self.config.ray!r}: {err}") from None
+            # A token that is not the cluster's looks like an unreachable cluster (Ray logs the cause).
+            raise ClusterError(f"cannot reach the Ray cluster at {self.config.ray!r}: {err}. Is it running, and does "
+                               "this command have its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; docs/ray.md)?") from None
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_sigterm)
         for handler in logging.getLogger("ray.data").handlers:  # its file in the session's logs keeps everything

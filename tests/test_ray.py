@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -32,8 +33,12 @@ RAY = Path(sys.executable).with_name("ray")
 LIFT_LOCAL = [sys.executable, "-c", "from lift_local.cli import main; main()"]
 # Ray takes 127.0.0.1 for "this machine" and advertises its network address instead; this keeps it on
 # loopback. Reaping: a worker that dies takes its child processes (the vLLM engine) with it.
+# Authentication: a token of the tests' own for the cluster and its clients. Otherwise both take
+# ~/.ray/auth_token when present (any local `ray.init()` writes one), and a stale one kept the driver out
+# of its own cluster ("InvalidAuthToken").
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-       "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true"}
+       "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true",
+       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 GREEDY = [  # every phase greedy and short, so that two runs must agree; no judge retries (they sample)
     "--set", f"models.rewriter='{SMOLLM}'", "--set", f"models.judge='{SMOLLM}'",
     "--set", "expand.task='code'", "--set", "expand.rounds=1",
@@ -198,3 +203,14 @@ def test_a_failing_replica_stops_the_run_with_lift_locals_error(tmp_path, real_s
     assert process.returncode == 1
     assert "Error: a Ray worker failed:" in err and str(missing) in err
     assert "Traceback" not in err
+
+
+def test_a_client_without_the_clusters_token_is_told_what_to_check(tmp_path, real_sample, cluster):
+    sample = str(real_sample("dolly_3k.json", list(range(2))))
+    process = subprocess.run([*LIFT_LOCAL, "run", sample, "--out", str(tmp_path / "run"), "--ray", cluster.address],
+                             cwd=REPO, env={**ENV, "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode == 1
+    assert f"Error: cannot reach the Ray cluster at '{cluster.address}'" in process.stderr
+    assert "RAY_AUTH_TOKEN" in process.stderr and "Traceback" not in process.stderr
+    assert not (tmp_path / "run" / "1-dedup.jsonl").exists()
