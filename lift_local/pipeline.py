@@ -25,7 +25,7 @@ from .config import ClusterConfig, RunConfig
 from .errors import ConfigError
 from .manifest import Manifest, PhaseEntry
 from .phases import Executor, Local, Outcome, Phase
-from .records import Record, read_records, write_records
+from .records import Record, iter_records, read_records, write_records
 from .workbench import Workbench
 
 CURATED = "curated.jsonl"
@@ -49,21 +49,21 @@ def run(
     the phases' per-record work runs on that Ray cluster; everything else, and every file, is the same.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = sample(read_records(input_path, fields), limit, seed)
-    manifest = Manifest.load(out_dir, missing_ok=True)
-    old_phases, manifest.phases = manifest.phases, {}
-    manifest.lift_local_version = version("lift-local")
-    manifest.input = {"path": str(Path(input_path).resolve()), "sha256": _sha256_file(input_path),
-                      "records": len(records), "limit": limit, "seed": seed,
-                      # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
-                      **({"fields": fields} if fields else {})}
-    manifest.models = bench.identities()
-    active = [phase for phase in config.phases if phase.name not in config.skip]
-    # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
-    decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
-    upstream = _digest(manifest.input)
-    current: list[Record] | None = records
     with executor_for(config.cluster, bench) as executor:
+        records = sample(executor.hold(iter_records(input_path, fields)), limit, seed)
+        manifest = Manifest.load(out_dir, missing_ok=True)
+        old_phases, manifest.phases = manifest.phases, {}
+        manifest.lift_local_version = version("lift-local")
+        manifest.input = {"path": str(Path(input_path).resolve()), "sha256": _sha256_file(input_path),
+                          "records": len(records), "limit": limit, "seed": seed,
+                          # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
+                          **({"fields": fields} if fields else {})}
+        manifest.models = bench.identities()
+        active = [phase for phase in config.phases if phase.name not in config.skip]
+        # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
+        decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
+        upstream = _digest(manifest.input)
+        current: list[Record] | None = records
         estimated = False  # once, after the first phase that asked a model for replies
         for number, phase in enumerate(config.phases, start=1):
             label = f"[{number}/{len(config.phases)}] {phase.name}"
@@ -80,7 +80,7 @@ def run(
                 echo(f"{label}: unchanged since {entry.finished}, kept {entry.records_out} records")
             else:
                 if current is None:
-                    current = read_records(out_dir / _last_output(manifest))
+                    current = executor.hold(iter_records(out_dir / _last_output(manifest)))
                 echo(f"{label}: started on {len(current)} records")
                 started, asked = time.perf_counter(), bench.replies_asked()
                 outcome = phase.run(current, executor)
@@ -101,9 +101,10 @@ def run(
                     if estimate:
                         echo(estimate)
             upstream = entry.output_sha256
-    curated = current if current is not None else read_records(out_dir / _last_output(manifest))
-    write_records(out_dir / CURATED, curated)
+        # Inside the block: on a cluster, `current` may be records that the executor keeps until it ends.
+        write_records(out_dir / CURATED, iter_records(out_dir / _last_output(manifest)) if current is None else current)
     manifest.curated = CURATED
+    curated = read_records(out_dir / CURATED) if formats else []
     manifest.exports = {fmt: exports.write(out_dir, curated, fmt) for fmt in formats}
     manifest.save(out_dir)
     return manifest

@@ -8,6 +8,13 @@ judge retries, `prompt_too_long` handling and the cache are therefore the in-pro
 into prompt building, generation and parsing, and puts neither the reply cache nor the judge's re-asking
 in between (docs/ray.md says more).
 
+Records stay off the driver: a replica writes the records its map returns to a staging file in the run
+folder's cache (shared storage on a cluster, like the caches) and sends the driver only where each one is
+(`StagedRecord`) with its features. `select` decides on the features; the records a phase keeps travel on as
+the same small handles, to the next map (whose replicas read them) or to the pipeline's writer, which reads
+them one at a time. So the driver holds every record's text at no point of a phase; only the input it read
+and the curated records it exports pass through it.
+
 Replicas store replies in shards of the run folder's caches (store.py); the driver folds them in before
 and after every map, so a run killed mid-phase resumes from every reply already stored, with Ray or without.
 A replica whose process dies is restarted and its block asked again (Ray's actor restarts and task
@@ -17,13 +24,19 @@ every record sent must come back once, or the run stops too.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import math
 import os
 import pickle
+import shutil
 import signal
 import threading
+import uuid
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +56,48 @@ _RESTARTS = 3
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # replicas never reach a model hub either
 
 
+STAGED = "staged"  # the folder of the run's cache that holds the replicas' staging files
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedRecord:
+    """A record in a replica's staging file (its bytes at `offset`), with the metadata that `select` has
+    given it since; what the driver holds instead of the record. `to_json` reads it, for the writer."""
+
+    path: str
+    offset: int
+    size: int
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def with_meta(self, **meta: Any) -> StagedRecord:
+        return dataclasses.replace(self, meta={**self.meta, **meta})
+
+    def load(self) -> Record:
+        with open(self.path, "rb") as file:
+            file.seek(self.offset)
+            record = pickle.loads(file.read(self.size))
+        return record.with_meta(**self.meta) if self.meta else record
+
+    def to_json(self) -> dict[str, Any]:
+        return self.load().to_json()
+
+
+def stage(records: list[Record], folder: Path) -> list[StagedRecord]:
+    """`records` in a new staging file of `folder`; complete once it has its name (a replica that dies
+    while writing leaves only a temporary file, and its block is mapped again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.pickles"
+    staged, offset = [], 0
+    with open(path.with_suffix(".tmp"), "wb") as file:
+        for record in records:
+            blob = pickle.dumps(record)
+            file.write(blob)
+            staged.append(StagedRecord(str(path), offset, len(blob)))
+            offset += len(blob)
+    path.with_suffix(".tmp").rename(path)
+    return staged
+
+
 class Replica:
     """One actor of the pool: a Workbench on its machine, and the phase's map step."""
 
@@ -51,9 +106,11 @@ class Replica:
         self.bench = Workbench(**bench, sharded=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        records = [pickle.loads(blob) for blob in batch["record"]]
+        records = [_record(pickle.loads(blob)) for blob in batch["record"]]
         mapped = self.step(records, self.bench)
-        return {"index": batch["index"], "mapped": [pickle.dumps(m) for m in mapped]}
+        staged = stage([m.record for m in mapped], self.bench.cache_dir / STAGED)
+        return {"index": batch["index"],
+                "mapped": [pickle.dumps(Mapped(handle, m.features)) for handle, m in zip(staged, mapped, strict=True)]}
 
     def __del__(self) -> None:
         # Ray Data lets a finished pool's actors exit: shut the engine down rather than orphan its process.
@@ -77,6 +134,16 @@ class RayExecutor:
         if self._connected:
             ray.shutdown()
             self._connected = False
+        # What the records a run passed on were; its outputs are written by now (or it failed, and the
+        # next run maps again, from its stored replies).
+        shutil.rmtree(self.bench.cache_dir / STAGED, ignore_errors=True)
+
+    def hold(self, records: Iterable[Record]) -> list[StagedRecord]:
+        """Records read on the driver, staged a block at a time: it never holds them all."""
+        held, records = [], iter(records)
+        while block := list(itertools.islice(records, self.config.batch_size)):
+            held += stage(block, self.bench.cache_dir / STAGED)
+        return held
 
     def map(self, step: MapStep, records: list[Record]) -> list[Mapped]:
         if not records:
@@ -138,6 +205,10 @@ class RayExecutor:
             if type(handler).__name__ != "SessionFileHandler":
                 handler.setLevel(logging.WARNING)
         self._connected = True
+
+
+def _record(item: Record | StagedRecord) -> Record:
+    return item.load() if isinstance(item, StagedRecord) else item
 
 
 def _root_cause(error: BaseException) -> str:

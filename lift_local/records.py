@@ -90,13 +90,29 @@ def read_records(path: Path | str, fields: Mapping[str, str] | None = None) -> l
     `fields` maps lift-local's names to the user's columns (e.g. {"instruction": "prompt"}), so data need
     not be rewritten to be read. A bad mapping is a `ValueError` (the caller's mistake, not the data's).
     """
+    return list(iter_records(path, fields))
+
+
+def iter_records(path: Path | str, fields: Mapping[str, str] | None = None) -> Iterator[Record]:
+    """`read_records` one record at a time, for a reader that need not hold them all (a Ray run's driver).
+    A JSON array is one JSON value and is parsed whole; JSONL, CSV, Parquet and `datasets` folders give
+    their records as they are parsed."""
     path = Path(path)
     mapping = _check_mapping(fields or {})
-    items = list(_read_items(path))
-    records = [_normalise(path, where, index, item, mapping) for index, (where, item) in enumerate(items)]
-    if not records:
+    seen: dict[str, int] = {}  # id -> how often so far: exact duplicates would share a content id
+    first: dict[str, str] = {}
+    for index, (where, item) in enumerate(_read_items(path)):
+        record = _normalise(path, where, index, item, mapping)
+        count = seen.get(record.id, 0)
+        # Number the repeats so every id names one record; an id of the user's own that repeats is an error:
+        # renaming it would break matching on it.
+        if count and record.id != content_id(record.instruction, record.input, record.output):
+            raise InputError(path, where, f"id {record.id!r} again (first at {first[record.id]}); ids must be unique")
+        seen[record.id] = count + 1
+        first.setdefault(record.id, where)
+        yield record if count == 0 else record.replace(id=f"{record.id}-{count}")
+    if not seen:
         raise InputError(path, None, "the file holds no records")
-    return _disambiguate_ids(path, [where for where, _ in items], records)
 
 
 def parse_field_options(options: Iterable[str]) -> dict[str, str]:
@@ -219,7 +235,9 @@ def _read_items(path: Path) -> Iterator[tuple[str, Any]]:
         return _rows(_parquet_batches(path))
     if suffix in (".csv", ".tsv"):
         return _csv_items(path, "\t" if suffix == ".tsv" else ",")
-    return iter(parse_json_items(path, read_text(path)))
+    raw = read_text(path)
+    # JSONL parsed a line at a time as records are taken (a JSON array is one value: parsed whole).
+    return iter(_parse_json_array(path, raw)) if raw.lstrip().startswith("[") else _parse_jsonl(path, raw)
 
 
 def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -398,22 +416,6 @@ def _from_turns(path: Path, where: str, item: dict, key: str, role_key: str, tex
     if used < len(turns):
         extra[f"{key}_after_first_exchange"] = turns[used:]
     return {"instruction": instruction, "input": "", "output": output}, extra
-
-
-def _disambiguate_ids(path: Path, wheres: list[str], records: list[Record]) -> list[Record]:
-    """Exact duplicates would share a content id; number the repeats so every id names one record. An id
-    of the user's own that repeats is an error: renaming it would break matching on it."""
-    seen: dict[str, int] = {}
-    first: dict[str, str] = {}
-    result = []
-    for where, record in zip(wheres, records, strict=True):
-        count = seen.get(record.id, 0)
-        if count and record.id != content_id(record.instruction, record.input, record.output):
-            raise InputError(path, where, f"id {record.id!r} again (first at {first[record.id]}); ids must be unique")
-        seen[record.id] = count + 1
-        first.setdefault(record.id, where)
-        result.append(record if count == 0 else record.replace(id=f"{record.id}-{count}"))
-    return result
 
 
 def _json_type(value: Any) -> str:

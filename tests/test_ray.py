@@ -23,7 +23,12 @@ import psutil
 import pytest
 
 from conftest import SHARED_DATA, SMOLLM
+from lift_local.config import ClusterConfig
+from lift_local.phases import Local
+from lift_local.phases.dedup import Dedup, DedupParams
+from lift_local.ray_executor import RayExecutor, StagedRecord
 from lift_local.records import read_records
+from lift_local.workbench import Workbench
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 REPO = Path(__file__).resolve().parents[1]
@@ -159,6 +164,7 @@ def test_ray_run_curates_what_the_in_process_run_does_though_a_replica_dies(tmp_
         [r.meta["judge"]["expected_total"] for r in curated[0]], rel=1e-4)
     assert len(curated[0]) == 4
     assert not list((on_ray / "cache" / "shards").glob("*.sqlite"))  # every shard folded into the run's cache
+    assert not (on_ray / "cache" / "staged").exists()  # the records replicas staged, gone once written
 
 
 def test_embeddings_on_two_replicas_select_what_one_process_selects(tmp_path, real_sample, cluster):
@@ -170,6 +176,27 @@ def test_embeddings_on_two_replicas_select_what_one_process_selects(tmp_path, re
                                   ["variety"]["output"]) for run in ("local", "ray"))
     assert [r.id for r in on_ray] == [r.id for r in local] and len(local) == 20
     assert [r.meta["row_variance"] for r in on_ray] == pytest.approx([r.meta["row_variance"] for r in local], rel=1e-4)
+
+
+def test_mapped_records_stay_on_the_cluster_and_the_driver_holds_where_they_are(tmp_path, real_sample, cluster,
+                                                                                monkeypatch):
+    for key in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(key, ENV[key])  # this process is the driver here
+    records = read_records(real_sample("dolly_3k.json", list(range(40))))
+    step = Dedup(DedupParams(semantic=0)).map  # hashes only: no model to load
+    with Workbench(tmp_path / "cache") as bench:
+        expected = Local(bench).map(step, records)
+        with RayExecutor(ClusterConfig(ray=cluster.address, replicas=2, batch_size=16), bench) as executor:
+            mapped = executor.map(step, records)
+            assert all(isinstance(m.record, StagedRecord) for m in mapped)
+            assert len({m.record.path for m in mapped}) >= 3  # one staging file per block of at most 16
+            assert [m.record.load() for m in mapped] == [e.record for e in expected]
+            assert [m.features.exact for m in mapped] == [e.features.exact for e in expected]
+            # Handles, with what select gave them, go back to the replicas, which read the records.
+            marked = [m.record.with_meta(mark=i) for i, m in enumerate(mapped)]
+            again = executor.map(step, marked)
+            assert [m.record.load() for m in again] == [e.record.with_meta(mark=i) for i, e in enumerate(expected)]
+        assert not (tmp_path / "cache" / "staged").exists()  # gone with the executor
 
 
 def test_interrupted_ray_run_asks_only_for_the_missing_replies(tmp_path, real_sample, cluster):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lift_local.records import InputError, Record, content_id, embedding_text, read_records, write_records
+from lift_local.records import (InputError, Record, content_id, embedding_text, iter_records, read_records,
+                                write_records)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -53,6 +54,18 @@ def test_jsonl(tmp_path):
     assert [(r.instruction, r.input, r.output) for r in records] == [("a", "x", "b"), ("c", "", "d")]
     assert [r.id for r in records] == ["7", content_id("c", "", "d")]  # the source's own id, else from content
     assert records[0].extra == {}
+
+
+def test_jsonl_streams_a_record_at_a_time_with_duplicates_numbered_as_read(tmp_path):
+    line = json.dumps({"instruction": "Add 1 and 2.", "output": "3"})
+    path = write(tmp_path, "d.jsonl", f"{line}\n{line}\n{{broken\n")
+    records = iter_records(path)
+    first, second = next(records), next(records)  # before the reader has reached the broken line
+    assert second.id == f"{first.id}-1"
+    with pytest.raises(InputError, match="line 3"):
+        next(records)
+    with pytest.raises(InputError, match="line 3"):
+        read_records(path)
 
 
 def test_user_ids_are_kept_and_must_be_unique(tmp_path):

@@ -13,7 +13,10 @@ Every phase is the composition of two steps, after datatrove's pipeline steps:
   which records are kept, which go to side files, what each learns, and the phase's statistics.
 
 An executor runs `map`: `Local` in this process on the whole input as one batch (so an engine batches
-continuously); a cluster executor can send batches to other machines while `select` stays on the driver.
+continuously); a cluster executor can send batches to other machines while `select` stays on the driver,
+and may hand back stand-ins for the mapped records that stay on the cluster (`ray_executor.StagedRecord`):
+`run` passes records on, to the next `map` or to the `Outcome`, and gives them metadata (`with_meta`), but
+reads no record's text.
 A phase whose work has several rounds (expand) overrides `run` and calls map and select once a round.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..llm import Sampling, check_sampling
@@ -111,6 +114,9 @@ MapStep = Callable[[list[Record], Kit], list[Mapped]]
 
 
 class Executor(Protocol):
+    def hold(self, records: Iterable[Record]) -> list[Record]:
+        """The records read from a file, as the executor keeps them between maps."""
+
     def map(self, step: MapStep, records: list[Record]) -> list[Mapped]: ...
 
 
@@ -119,6 +125,9 @@ class Local:
     """Runs `map` in this process, on all records at once."""
 
     kit: Kit
+
+    def hold(self, records: Iterable[Record]) -> list[Record]:
+        return list(records)
 
     def map(self, step: MapStep, records: list[Record]) -> list[Mapped]:
         return step(records, self.kit) if records else []
