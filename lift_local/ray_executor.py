@@ -12,8 +12,8 @@ Records stay off the driver: a replica writes the records its map returns to a s
 folder's cache (shared storage on a cluster, like the caches) and sends the driver only where each one is
 (`StagedRecord`) with its features. `select` decides on the features; the records a phase keeps travel on as
 the same small handles, to the next map (whose replicas read them) or to the pipeline's writer, which reads
-them one at a time. So the driver holds every record's text at no point of a phase; only the input it read
-and the curated records it exports pass through it.
+them one at a time. The input is staged the same way as the driver reads it (`hold`), a block at a time;
+so the driver never holds every record's text at once, except the curated records for the exports.
 
 Replicas store replies in shards of the run folder's caches (store.py); the driver folds them in before
 and after every map, so a run killed mid-phase resumes from every reply already stored, with Ray or without.
