@@ -40,11 +40,15 @@ MANAGED_PREFIXES = ("VLLM_", "OMP_", "KMP_", "GOMP_")
 MANAGED = ("LD_PRELOAD",)
 
 
-def extract(revision: str, folder: Path) -> str:
-    """The files of `revision` in `folder`; returns its short hash and subject."""
+def extract(revision: str, folder: Path) -> None:
+    """The files of `revision` in `folder`."""
     archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
+
+
+def describe(revision: str) -> str:
+    """A revision's short hash, date and subject, for the report."""
     return subprocess.run(["git", "log", "-1", "--format=%h (%ad): %s", "--date=short", revision], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout.strip()
 
@@ -78,9 +82,8 @@ def main() -> None:
         temp = Path(temp)
         baseline = temp / "baseline"
         baseline.mkdir()
-        described = {"baseline": extract(args.baseline, baseline),
-                     "this checkout": subprocess.run(["git", "log", "-1", "--format=%h (%ad): %s", "--date=short"],
-                                                     cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()}
+        extract(args.baseline, baseline)
+        described = {"baseline": describe(args.baseline), "this checkout": describe("HEAD")}
         code = {"baseline": baseline, "this checkout": ROOT}
         load_before = os.getloadavg()
         runs: dict[str, list[dict]] = {side: [] for side in code}
