@@ -177,11 +177,12 @@ class atomic_path:
             os.replace(self.tmp, self.path)
 
 
-def parse_json_items(path: Path, raw: str) -> list[tuple[str, Any]]:
-    """(where, item) pairs of a JSON array or of JSONL, `where` naming the record or line for messages."""
+def parse_json_items(path: Path, raw: str) -> Iterator[tuple[str, Any]]:
+    """(where, item) pairs of a JSON array or of JSONL, `where` naming the record or line for messages. JSONL
+    is parsed a line at a time as items are taken; a JSON array is one value, parsed whole."""
     if raw.lstrip().startswith("["):
-        return _parse_json_array(path, raw)
-    return list(_parse_jsonl(path, raw))
+        return iter(_parse_json_array(path, raw))
+    return _parse_jsonl(path, raw)
 
 
 def read_text(path: Path) -> str:
@@ -235,9 +236,7 @@ def _read_items(path: Path) -> Iterator[tuple[str, Any]]:
         return _rows(_parquet_batches(path))
     if suffix in (".csv", ".tsv"):
         return _csv_items(path, "\t" if suffix == ".tsv" else ",")
-    raw = read_text(path)
-    # JSONL parsed a line at a time as records are taken (a JSON array is one value: parsed whole).
-    return iter(_parse_json_array(path, raw)) if raw.lstrip().startswith("[") else _parse_jsonl(path, raw)
+    return parse_json_items(path, read_text(path))
 
 
 def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
