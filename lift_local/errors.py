@@ -55,3 +55,12 @@ class EngineError(BackendError):
 
 class ServerError(BackendError):
     """An OpenAI-compatible server that cannot be reached, or answered with an error."""
+
+
+class ParameterError(ConfigError, ValueError):
+    """A parameter value outside what its declaration allows. `name` is the field; the config and the command
+    line say where the value came from."""
+
+    def __init__(self, owner: str, name: str, problem: str):
+        self.owner, self.name, self.problem = owner, name, problem
+        super().__init__(f"{owner}.{name} {problem}")

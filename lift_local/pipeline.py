@@ -8,10 +8,10 @@ phase, the reply and embedding caches in `cache/` make an interrupted phase redo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -58,8 +58,8 @@ def run(
                           "records": len(records), "limit": limit, "seed": seed,
                           # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
                           **({"fields": fields} if fields else {})}
-        manifest.models = bench.identities()
         active = [phase for phase in config.phases if phase.name not in config.skip]
+        manifest.models = bench.identities(role for phase in active for role in phase.roles)
         # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
         decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
         upstream = _digest(manifest.input)

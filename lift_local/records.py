@@ -39,6 +39,34 @@ _ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
 _BATCH_ROWS = 1024  # rows per Arrow record batch read from Parquet
 
 
+ORIGINAL, EXPANDED = "original", "expanded"  # a record's origin
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Where a record came from, as its metadata holds it (LIFT.md: every record can be traced to its source):
+    an original of the input file (`source`: its file and position), or a record that expansion made in
+    `round` by rewriting `parent`, whose first ancestor is `root`."""
+
+    origin: str  # ORIGINAL or EXPANDED
+    source: dict[str, Any] | None = None
+    round: int | None = None
+    parent: str | None = None
+    root: str | None = None
+
+    def to_meta(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    @classmethod
+    def of(cls, record: Record) -> Provenance:
+        fields = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in record.meta.items() if key in fields and key != "origin"},
+                   origin=record.meta.get("origin", ORIGINAL))
+
+    def describe(self) -> str:
+        return f"{self.origin}, round {self.round}" if self.round else self.origin
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One instruction record.
@@ -59,6 +87,11 @@ class Record:
 
     def with_meta(self, **meta: Any) -> Record:
         return dataclasses.replace(self, meta={**self.meta, **meta})
+
+    @property
+    def origin(self) -> str:
+        """Where the record came from, in words ("expanded, round 2"), as record cards show it."""
+        return Provenance.of(self).describe()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -351,9 +384,9 @@ def _normalise(path: Path, where: str, index: int, item: Any, mapping: dict[str,
     else:
         fields = _core_fields(path, where, item)
         extra = {key: value for key, value in item.items() if key not in CORE_FIELDS}
-    provenance = {"origin": "original", "source": {"file": path.name, "index": index}}
+    provenance = Provenance(ORIGINAL, source={"file": path.name, "index": index})
     return Record(**fields, id=_user_id(path, where, extra.pop("id", None)) or content_id(**fields),
-                  meta=provenance, extra=extra)
+                  meta=provenance.to_meta(), extra=extra)
 
 
 def _user_id(path: Path, where: str, value: Any) -> str | None:

@@ -99,7 +99,7 @@ def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, 
     from lift_local.llm.cache import CachedChat
     from lift_local.llm.inprocess import close_engines
     from lift_local.llm.inprocess import sampling_params as sampling_params_of
-    from lift_local.phases.quality import JUDGE_SCHEMA, judge_records
+    from lift_local.judge.protocol import JUDGE_SCHEMA, judge_records
     from lift_local.store import Store
 
     # With caching on, exactly the production engine; off differs from it in that one setting.
@@ -171,7 +171,7 @@ def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lift_local import models
-    from lift_local.phases.quality import parse_judge_reply
+    from lift_local.judge.protocol import parse_judge_reply
 
     torch.set_num_threads(threads)
     folder = models.ensure_present(models.resolve("judge"))

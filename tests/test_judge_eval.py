@@ -5,12 +5,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from scipy import stats
-
 from conftest import SHARED_DATA
 from fakes import FakeChat, json_reply, last_user_message
+from scipy import stats
+
 from lift_local.cli import main
-from lift_local.compare import load_scores
+from lift_local.judge.agreement import load_scores
 
 REFERENCE = SHARED_DATA / "mt_bench_gpt4.jsonl"
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from lift_local import llm, models
+from lift_local.cli import main
 from lift_local.llm import inprocess
 from lift_local.llm.inprocess import close_engines
-from lift_local.cli import main
 
 
 def model_folder(path):

@@ -105,7 +105,7 @@ def load_chat_model(
     max_concurrency: int = 32,
     engine_options: Mapping[str, Any] | None = None,
 ) -> ChatModel:
-    """The model for `role` ("rewriter" or "judge").
+    """The model for a chat `role` (e.g. "rewriter" or "judge").
 
     With `server_url`: a client of that OpenAI-compatible server, asking for the served model `override`
     (default: the server's only model). Otherwise a vLLM engine in this process for the registry's model or
