@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import llm, models
+from . import models
 from .embed import Embedder
 from .errors import ParameterError
-from .llm import ChatModel
+from .llm import ChatModel, backend
 from .llm.cache import CachedChat
 from .params import Params, option
 from .phases import Phase
@@ -77,7 +77,7 @@ class Workbench:
         """Every model of `role`, in the order given: one, or a jury."""
         for name in self.models.chosen(role):
             if (role, name) not in self._chats:
-                model = llm.load_chat_model(role, name, server_url=self.models.server)
+                model = backend.load_chat_model(role, name, server_url=self.models.server)
                 self._chats[role, name] = CachedChat(model, self._store("replies"))
         return [self._chats[role, name] for name in self.models.chosen(role)]
 

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import plants  # noqa: E402  (tests/plants.py: the same planted copies the tests use)
+
 from lift_local import figures  # noqa: E402
 from lift_local.phases import Selection  # noqa: E402
 from lift_local.phases.decontaminate import BUNDLED, Decontaminate, bundled_items  # noqa: E402
