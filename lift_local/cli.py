@@ -21,7 +21,7 @@ import click
 
 from . import console, exports, models, pipeline, runlock
 from .config import load_config
-from .errors import ConfigError, InputError, LiftError, NothingSelected, ParameterError
+from .errors import ConfigError, InputError, LiftError, NothingSelected, ParameterError, StorageError
 from .judge import agreement as comparing
 from .judge import evaluate as judge_eval
 from .judge.protocol import check_top, count_or_fraction
@@ -41,6 +41,8 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except OSError as err:  # one the code below did not expect: still a line naming the file, not a traceback
+            raise click.ClickException(str(StorageError(err.filename or "lift-local", err))) from None
         except LiftError as err:
             raise click.ClickException(str(err)) from None
 

@@ -28,7 +28,7 @@ import jsonlines
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import InputError, StorageError
 
 META_KEY = "lift"  # where lift-local keeps its own metadata (provenance, scores) in written records
 CORE_FIELDS = ("instruction", "input", "output")
@@ -184,24 +184,42 @@ class atomic_path:
         self.folder = folder
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         options = {"prefix": f".{self.path.name}.", "suffix": ".tmp", "dir": self.path.parent}
-        if self.folder:
-            name = tempfile.mkdtemp(**options)
-            os.chmod(name, 0o777 & ~_UMASK)
-        else:
-            fd, name = tempfile.mkstemp(**options)
-            os.close(fd)
-            os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output is like any new file
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.folder:
+                name = tempfile.mkdtemp(**options)
+                os.chmod(name, 0o777 & ~_UMASK)
+            else:
+                fd, name = tempfile.mkstemp(**options)
+                os.close(fd)
+                os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output is like any new file
+        except OSError as err:
+            raise StorageError(self._blamed(err), err) from err
         self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self.folder:
-            shutil.rmtree(self.tmp)
-        elif exc_type is not None:
+        try:
+            if exc_type is None:
+                self._replace()
+                return
+        except OSError as err:
+            exc = err
+        if self.folder:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
             self.tmp.unlink(missing_ok=True)
-        elif self.folder and self.path.exists():
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: one line naming the file, nothing partial
+            raise StorageError(self._blamed(exc), exc) from exc
+
+    def _blamed(self, error: OSError) -> Path | str:
+        """The file to name: the one the error is about, unless that is our temporary file (then the output)."""
+        named = error.filename
+        return self.path if named is None or Path(named).name.startswith(f".{self.path.name}.") else named
+
+    def _replace(self) -> None:
+        if self.folder and self.path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
             os.replace(self.path, old / self.path.name)
             os.replace(self.tmp, self.path)
