@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,19 @@ def cli_models(monkeypatch):
 
     monkeypatch.setattr("lift_local.llm.backend.load_chat_model", load)
     return chosen
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch):
+    """Makes the embedder a `FakeSentenceTransformer` behind the real `Embedder` and its cache; its identity
+    differs from the real model's, so no cached real embedding is ever mixed with a fake one."""
+    from fakes import FakeSentenceTransformer
+
+    from lift_local import embed
+
+    identity = embed.model_identity
+    monkeypatch.setattr(embed, "model_identity", lambda folder: f"fake:{identity(folder)}")
+    monkeypatch.setattr(embed.Embedder, "model", property(lambda self: FakeSentenceTransformer()))
 
 
 @pytest.fixture
@@ -135,3 +149,34 @@ def vllm_server(log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the engine too, if it outlived the server
         process.wait()
+
+
+# Markers of tests that run something real (an engine, a model, a cluster, a browser) or take seconds for
+# another reason (child processes, real file systems). Every other test is
+# in the fast tier (`scripts/test.sh -m fast`): pure logic and fakes, and it must load no model.
+REAL = ("vllm", "model", "ray", "browser", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(marker) for marker in REAL):
+            item.add_marker(pytest.mark.fast)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_load_no_model(request, monkeypatch):
+    """A test of the fast tier that would load a real model fails at once, naming the marker it needs."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+
+    advice = "this test loads a real model: mark it @pytest.mark.model (or vllm), or give it a fake"
+
+    class Refused(types.ModuleType):
+        def __getattr__(self, name):
+            raise AssertionError(f"{advice} (vllm.{name})")
+
+    def refuse(self):
+        raise AssertionError(f"{advice} ({type(self).__name__})")
+
+    monkeypatch.setattr("lift_local.embed.Embedder.model", property(refuse))
+    monkeypatch.setitem(sys.modules, "vllm", Refused("vllm"))

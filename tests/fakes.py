@@ -122,3 +122,27 @@ class FakeKit:
 def run_phase(phase: Phase, records: list[Record], **models: Any) -> Outcome:
     """A phase composed in process, as `lift-local run` does, with the models given by role."""
     return phase.run(records, Local(FakeKit(**models)))
+
+
+class FakeSentenceTransformer:
+    """Stands in for a sentence-transformers model in fast tests: each word adds a fixed random vector (seeded
+    by the word) and the sum is scaled to unit length, so texts that share words get similar embeddings and
+    the same text the same one. Used behind the real `Embedder` and its cache (`fake_embedder` fixture)."""
+
+    DIMENSION = 64
+
+    def get_embedding_dimension(self) -> int:
+        return self.DIMENSION
+
+    def encode(self, texts, batch_size: int = 32, convert_to_numpy: bool = True, show_progress_bar: bool = False):
+        import hashlib
+
+        import numpy as np
+
+        vectors = np.zeros((len(texts), self.DIMENSION), dtype=np.float32)
+        for row, text in zip(vectors, texts):
+            for word in text.lower().split():
+                seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+                row += np.random.default_rng(seed).standard_normal(self.DIMENSION).astype(np.float32)
+            row /= max(float(np.linalg.norm(row)), 1e-9)
+        return vectors

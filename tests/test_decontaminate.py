@@ -98,6 +98,7 @@ def test_lightly_reworded_long_items_are_caught(name, bound, answers):
     assert recall >= bound
 
 
+@pytest.mark.model
 def test_reworded_short_questions_are_caught_by_the_semantic_check(tmp_path, answers):
     """Short items reworded share no whole-item match; the embedding check finds the paraphrase."""
     items = sample_items("mbpp", 30, seed=7)

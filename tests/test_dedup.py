@@ -102,6 +102,7 @@ def test_lower_near_threshold_finds_more(clean_base):
     assert measure(strict, sources)[0] < measure(loose, sources)[0]
 
 
+@pytest.mark.model
 def test_reworded_copies_are_semantic_duplicates(clean_base, embedder):
     base = [r for r in clean_base if r.meta["source"]["file"] == "code_alpaca_2k.json"][:120]
     records, sources = planted(base, plants.reworded_copy, 0.25, seed=3)
@@ -114,6 +115,7 @@ def test_reworded_copies_are_semantic_duplicates(clean_base, embedder):
     assert all(r.meta["similarity"] >= 0.95 for r in semantic)
 
 
+@pytest.mark.model
 def test_the_clean_real_records_lose_few_to_the_semantic_check(clean_base, embedder):
     """The false-positive rate of the default semantic threshold (0.95) on 2,000 real records."""
     outcome = run_phase(Dedup(DedupParams(near=0)), clean_base, embedder=embedder)

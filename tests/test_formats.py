@@ -7,7 +7,6 @@ checks that what lift-local writes loads, and writes folders for lift-local to r
 import csv
 import json
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +25,14 @@ def real_records():
     code, dolly = (read_records(SHARED_DATA / name)[:50] for name in ("code_alpaca_2k.json", "dolly_3k.json"))
     return code + dolly
 
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    """Hugging Face `datasets`, imported only by the tests that use it (it takes a second)."""
+    import datasets
+
+    return datasets
 
 def core(records):
     return [(r.id, r.instruction, r.input, r.output) for r in records]
@@ -62,7 +69,7 @@ def test_sharegpt_export_puts_a_system_prompt_first(tmp_path):
     assert written == {"conversations": turns}
 
 
-def test_datasets_export_loads_with_load_from_disk(tmp_path, real_records):
+def test_datasets_export_loads_with_load_from_disk(tmp_path, real_records, datasets):
     exports.write(tmp_path, real_records, "datasets")
     loaded = datasets.load_from_disk(str(tmp_path / "curated.dataset"))
     assert loaded.column_names == ["id", "instruction", "input", "output"]
@@ -70,7 +77,7 @@ def test_datasets_export_loads_with_load_from_disk(tmp_path, real_records):
     assert [tuple(row.values()) for row in loaded] == core(real_records)
 
 
-def test_reads_a_folder_datasets_wrote_with_a_column_mapping(tmp_path, real_records):
+def test_reads_a_folder_datasets_wrote_with_a_column_mapping(tmp_path, real_records, datasets):
     rows = {"prompt": [r.instruction for r in real_records], "context": [r.input for r in real_records],
             "response": [r.output for r in real_records], "n": list(range(100))}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"), max_shard_size="20KB")
@@ -86,7 +93,7 @@ def test_reads_a_folder_datasets_wrote_with_a_column_mapping(tmp_path, real_reco
         read_records(tmp_path / "bad", fields)
 
 
-def test_reads_the_train_split_of_a_dataset_dict(tmp_path, real_records):
+def test_reads_the_train_split_of_a_dataset_dict(tmp_path, real_records, datasets):
     table = {"instruction": [r.instruction for r in real_records], "output": [r.output for r in real_records]}
     whole = datasets.Dataset.from_dict(table)
     splits = datasets.DatasetDict({"test": whole.select(range(10)), "train": whole.select(range(10, 100))})
@@ -97,7 +104,7 @@ def test_reads_the_train_split_of_a_dataset_dict(tmp_path, real_records):
     assert len(read_records(tmp_path / "only")) == 5  # the only split, whatever its name
 
 
-def test_dataset_dict_without_train_lists_its_splits(tmp_path):
+def test_dataset_dict_without_train_lists_its_splits(tmp_path, datasets):
     whole = datasets.Dataset.from_dict({"instruction": ["a", "b"], "output": ["c", "d"]})
     datasets.DatasetDict({"test": whole, "validation": whole}).save_to_disk(str(tmp_path / "dict"))
     with pytest.raises(InputError, match=r"dict: a DatasetDict with splits test, validation and no 'train'"):
@@ -123,7 +130,7 @@ def test_mapping_applies_to_json_and_keeps_a_displaced_column(tmp_path):
     assert record.extra == {"source_instruction": "old task"}  # nothing the user had is lost
 
 
-def test_run_reads_a_datasets_folder_and_writes_every_export(tmp_path, real_records):
+def test_run_reads_a_datasets_folder_and_writes_every_export(tmp_path, real_records, datasets):
     columns = {"prompt": [r.instruction for r in real_records], "completion": [r.output for r in real_records]}
     datasets.Dataset.from_dict(columns).save_to_disk(str(tmp_path / "in"))
     config = load_config(skip=[cls.name for cls in all_phases()])
@@ -205,7 +212,7 @@ def test_parquet_is_read_in_batches(tmp_path, monkeypatch):
     assert len(sizes) == 3 and max(sizes) < 2500
 
 
-def test_corrupted_arrow_shard_names_the_shard(tmp_path):
+def test_corrupted_arrow_shard_names_the_shard(tmp_path, datasets):
     datasets.Dataset.from_dict({"instruction": ["a"], "output": ["b"]}).save_to_disk(str(tmp_path / "ds"))
     shard = tmp_path / "ds" / "data-00000-of-00001.arrow"
     shard.write_bytes(b"not arrow at all")

@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fakes import FakeChat, json_reply, last_user_message
 
@@ -59,6 +60,7 @@ def observe(sample: Path, out: Path, cli_models) -> dict:
     }
 
 
+@pytest.mark.model
 def test_run_curates_what_it_curated_before(tmp_path, real_sample, cli_models):
     sample = real_sample("code_alpaca_2k.json", list(range(300, 340)))  # 40 real Code Alpaca records
     assert observe(sample, tmp_path / "run", cli_models) == json.loads(GOLDEN.read_text())

@@ -4,9 +4,12 @@ of torch, and the packaged models are in place without any download."""
 import subprocess
 import sys
 
+import pytest
+
 from lift_local import models
 
 
+@pytest.mark.vllm
 def test_vllm_imports_in_a_fresh_interpreter():
     # A fresh process: in this one, something imported earlier could hide a broken `import vllm`.
     code = "import vllm, torch; from vllm.platforms import current_platform; " \

@@ -42,7 +42,7 @@ def sample(real_sample):
 
 
 @pytest.fixture
-def run(tmp_path, cli_models):
+def run(tmp_path, cli_models, fake_embedder):
     """Runs `lift-local run` on `sample` into tmp_path/run with fresh fakes; returns (result, fakes)."""
 
     def invoke(sample, *args, judge=None):

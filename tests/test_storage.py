@@ -149,6 +149,7 @@ def own_mounts():
         pytest.skip("this machine does not let a test mount file systems of its own (unshare -rm)")
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_stops_the_run_and_it_resumes_after_space_is_freed(tmp_path, own_mounts):
     """On a 1 MiB tmpfs nearly filled: the run stops with one line, leaves no temporary file, and the same
     command finishes once the filler is gone; its curated set equals a run's on a roomy disk."""
@@ -178,6 +179,7 @@ def test_a_real_full_disk_stops_the_run_and_it_resumes_after_space_is_freed(tmp_
     assert (tmp_path / "curated.jsonl").read_text() == (roomy / "curated.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_one_line(tmp_path, own_mounts):
     source = tmp_path / "in.jsonl"
     write_records(source, some_records(3))

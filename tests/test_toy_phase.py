@@ -47,7 +47,7 @@ def toy_phase():
 
 
 def test_a_phase_declared_in_one_module_runs_in_the_pipeline_config_and_report(toy_phase, tmp_path, real_sample,
-                                                                              cli_models):
+                                                                              cli_models, fake_embedder):
     assert [cls.name for cls in all_phases()] == ["dedup", "enhance", "expand", "decontaminate", "variety", "short", "quality"]
     cli_models["rewriter"] = FakeChat(rewriter_reply, name="fake-rewriter")
     cli_models["judge"] = FakeChat(judge_reply, name="fake-judge")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sentence_transformers
 from click.testing import CliRunner
 from conftest import SHARED_DATA as SHARED
 from fakes import run_phase
@@ -185,6 +184,7 @@ def cli_run(tmp_path_factory):
     return folder, items, result
 
 
+@pytest.mark.model
 def test_cli_keeps_the_top_fifth_by_row_variance_in_input_order(cli_run):
     folder, items, result = cli_run
     kept = read_records(folder / "out.jsonl")
@@ -199,6 +199,7 @@ def test_cli_keeps_the_top_fifth_by_row_variance_in_input_order(cli_run):
     assert "records kept      40 (20.0%)" in result.output and "dropped: 160 records" in result.output
 
 
+@pytest.mark.model
 def test_cli_selection_matches_an_independent_run_of_the_method(cli_run):
     folder, items, _ = cli_run
     texts = [
@@ -207,6 +208,8 @@ def test_cli_selection_matches_an_independent_run_of_the_method(cli_run):
         else f"<INST> {item['instruction']} </INST> {item['output']}"
         for item in items
     ]
+    import sentence_transformers
+
     model = sentence_transformers.SentenceTransformer(str(MODEL_DIR), device="cpu", local_files_only=True)
     _, _, row_variance, kept = reference_selection(model.encode(texts, batch_size=32), 0.95, 0.2)
     written = read_records(folder / "out.jsonl") + read_records(folder / "dropped.jsonl")
@@ -215,6 +218,7 @@ def test_cli_selection_matches_an_independent_run_of_the_method(cli_run):
     assert {r.meta["source"]["index"] for r in read_records(folder / "out.jsonl")} == set(kept.tolist())
 
 
+@pytest.mark.model
 def test_cli_rerun_is_served_from_the_cache(cli_run, monkeypatch):
     folder, _, _ = cli_run
     assert len(Store(folder / "cache" / "embeddings.sqlite", "embeddings")) == 200
@@ -222,7 +226,7 @@ def test_cli_rerun_is_served_from_the_cache(cli_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded although every record is cached")
 
-    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", refuse)
+    monkeypatch.setattr("sentence_transformers.SentenceTransformer", refuse)
     result = invoke(str(folder / "in.json"), str(folder / "again.jsonl"), "--cache-dir", str(folder / "cache"))
     assert result.exit_code == 0, result.output
     assert (folder / "again.jsonl").read_text() == (folder / "out.jsonl").read_text()
@@ -243,7 +247,7 @@ def test_cli_refuses_bad_parameters(tmp_path, option, value, message):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_cli_refuses_fewer_than_two_records(tmp_path):
+def test_cli_refuses_fewer_than_two_records(tmp_path, fake_embedder):
     (tmp_path / "one.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]))
     result = invoke(str(tmp_path / "one.json"), str(tmp_path / "out.jsonl"), "--cache-dir", str(tmp_path))
     assert result.exit_code == 1
@@ -261,7 +265,7 @@ def test_cli_refuses_a_missing_embedder_folder(tmp_path):
     assert isinstance(result.exception, SystemExit)
 
 
-def test_cli_explains_records_that_all_embed_the_same(tmp_path):
+def test_cli_explains_records_that_all_embed_the_same(tmp_path, fake_embedder):
     (tmp_path / "same.json").write_text(json.dumps([{"instruction": "a", "output": "b"}] * 2))
     result = invoke(str(tmp_path / "same.json"), str(tmp_path / "out.jsonl"), "--cache-dir", str(tmp_path))
     assert result.exit_code == 1
