@@ -183,8 +183,9 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
 _MODEL_SETTINGS = {"server": "--server", "device": "--device", "embed_batch_size": "--batch-size"}
 
 
-def _model_options(roles: tuple[str, ...]) -> list[click.Option]:
-    """An option per role (repeatable for a role that takes a jury), and the settings of the roles' kinds."""
+def _model_options(roles: tuple[str, ...], config: bool = False) -> list[click.Option]:
+    """An option per role (repeatable for a role that takes a jury), and the settings of the roles' kinds.
+    `config`: the options override a config file's [models], so they have no defaults of their own."""
     options = []
     for role in roles:
         kind, many = models.ROLES[role].kind, models.ROLES[role].many
@@ -200,7 +201,8 @@ def _model_options(roles: tuple[str, ...]) -> list[click.Option]:
         options += [
             click.Option(["--device"], callback=_torch_device,
                          help="Torch device for the embedding model (cpu, cuda, cuda:1, mps). [default: automatic]"),
-            click.Option(["--batch-size", "embed_batch_size"], type=int, default=32, help="Texts per embedding batch."),
+            click.Option(["--batch-size", "embed_batch_size"], type=int, default=None if config else 32,
+                         help="Texts per embedding batch."),
         ]
     if any(models.ROLES[role].kind == "chat" for role in roles):
         options.append(click.Option(
@@ -391,7 +393,19 @@ def models_prepare(name: str | None, quiet: bool) -> None:
 
 # --- run command ---
 
+# The roles of the phases `run` runs, each an option as in the phase commands.
+_RUN_ROLES = tuple(role for role in models.ROLES if any(role in cls.roles for cls in all_phases()))
 
+
+def _add_options(options: list[click.Option]) -> Callable[[click.Command], click.Command]:
+    def add(command: click.Command) -> click.Command:
+        command.params.extend(options)
+        return command
+
+    return add
+
+
+@_add_options(_model_options(_RUN_ROLES, config=True))
 @main.command("run")
 @click.argument("in_path", metavar="IN", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -420,7 +434,7 @@ def models_prepare(name: str | None, quiet: bool) -> None:
 @click.option(*_FIELD[0], **_FIELD[1])
 @click.option(*_VERBOSE[0], **_VERBOSE[1])
 def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, ray_address, replicas,
-                fields, verbose) -> None:
+                fields, verbose, **chosen_models) -> None:
     """Run every phase on IN, in order, into the run folder --out.
 
     IN is a record file (JSON, JSONL, CSV, TSV, Parquet) or a Hugging Face `datasets` folder.
@@ -429,9 +443,10 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
     unchanged is not run again, a changed one re-runs with the phases after it, and inside an interrupted
     phase only the replies not yet stored are asked for. Ends with report.html, a visual summary.
     """
-    chosen = {"ray": ray_address, "replicas": replicas}
+    given = {("run", "ray"): ("--ray", ray_address), ("run", "replicas"): ("--replicas", replicas)}
+    given |= {("models", name): (_MODEL_SETTINGS.get(name, f"--{name}"), value) for name, value in chosen_models.items()}
     config = load_config(Path(config_path) if config_path else None, overrides, skip,
-                         run={key: value for key, value in chosen.items() if value is not None})
+                         given={key: option for key, option in given.items() if option[1] not in (None, ())})
     out_dir = Path(out_dir)
     title = f"lift-local run {in_path} --out {out_dir}"
     with runlock.hold(out_dir, title), console.logs_to(_log_path(out_dir, verbose), title):

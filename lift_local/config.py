@@ -51,9 +51,9 @@ class RunConfig:
 
 
 def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), skip: typing.Iterable[str] = (),
-                run: typing.Mapping[str, Any] = {}) -> RunConfig:
-    """Defaults (the paper's), then the TOML file, then `section.key=value` overrides, then `run` (the
-    command line's own [run] options, such as --ray), in that order."""
+                given: typing.Mapping[tuple[str, str], tuple[str, Any]] = {}) -> RunConfig:
+    """Defaults (the paper's), then the TOML file, then `section.key=value` overrides, then `given`: the
+    command line's own options, (section, key) -> (option, value), e.g. ("run", "ray") -> ("--ray", "auto")."""
     where = str(path) if path else "--set"
     sections: dict[str, dict[str, Any]] = {}
     if path is not None:
@@ -72,8 +72,9 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
         section, key, value = _split_override(override)
         sections.setdefault(section, {})[key] = value
         sources[section, key] = f"--set {override}"
-    sections.setdefault("run", {}).update(run)
-    sources.update({("run", key): f"--{key.replace('_', '-')}" for key in run})
+    for (section, key), (flag, value) in given.items():
+        sections.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
+        sources[section, key] = flag
     names = [cls.name for cls in all_phases()]
     skipped = set(skip) | set(_skip_list(sections, where))
     for name in skipped:

@@ -44,7 +44,7 @@ class Role:
 # manifest all read this.
 ROLES = {
     "rewriter": Role("chat", "writes answers and harder instructions (enhance, expand)"),
-    "judge": Role("chat", "scores records (quality, judge-eval); several judges make a jury", many=True),
+    "judge": Role("chat", "scores records (quality, judge-eval)", many=True),
     "embedder": Role("embedding", "embeds records (dedup, decontaminate, variety)"),
     "student": Role("chat", "the base model that `ab` fine-tunes on each arm and evaluates"),
 }

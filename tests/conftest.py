@@ -42,11 +42,12 @@ def smollm():
 
 @pytest.fixture
 def cli_models(monkeypatch):
-    """Makes the CLI's models fakes: a test sets `cli_models["judge"] = FakeChat(...)` (or "rewriter")."""
+    """Makes the CLI's models fakes: a test sets `cli_models["judge"] = FakeChat(...)` (or "rewriter"), or a
+    dict of fakes by the name a command gives (a jury: `{"a": FakeChat(...), "b": FakeChat(...)}`)."""
     chosen: dict = {}
 
     def load(role, override=None, **options):
-        return chosen[role]
+        return chosen[role][override] if isinstance(chosen[role], dict) else chosen[role]
 
     monkeypatch.setattr("lift_local.llm.backend.load_chat_model", load)
     return chosen

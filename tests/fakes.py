@@ -110,7 +110,12 @@ class FakeKit:
         self.models = models
 
     def chat(self, role: str):
-        return self.models[role]
+        return self.chats(role)[0]
+
+    def chats(self, role: str):
+        """A list given for a role is a jury."""
+        models = self.models[role]
+        return list(models) if isinstance(models, (list, tuple)) else [models]
 
     def embedder(self):
         return self.models["embedder"]

@@ -224,8 +224,9 @@ def test_cluster_settings_come_from_the_run_section_and_the_command_line(tmp_pat
     path = tmp_path / "lift.toml"
     path.write_text('[run]\nray = "10.0.0.5:6379"\nreplicas = 8\ngpus_per_replica = 1\nskip = ["expand"]\n')
     assert load_config(path).cluster == ClusterConfig(ray="10.0.0.5:6379", replicas=8, gpus_per_replica=1)
-    assert load_config(path, run={"ray": "auto", "replicas": 2}).cluster.ray == "auto"
-    assert load_config(path, run={"replicas": 2}).cluster.replicas == 2
+    given = {("run", "ray"): ("--ray", "auto"), ("run", "replicas"): ("--replicas", 2)}
+    assert load_config(path, given=given).cluster.ray == "auto"
+    assert load_config(path, given={("run", "replicas"): ("--replicas", 2)}).cluster.replicas == 2
     assert load_config().cluster.ray is None  # without it, the run stays in this process
 
 
@@ -240,3 +241,14 @@ def test_ray_option_alone_means_the_cluster_of_this_machine(tmp_path, sample, ru
     result, _, _ = run(sample, "--replicas", "3", "--ray")
     assert result.exit_code == 0, result.output
     assert chosen == [ClusterConfig(ray="auto", replicas=3)]
+
+
+def test_run_takes_a_jury_from_the_command_line_or_the_config(tmp_path, sample, run):
+    folders = [str(tmp_path / name) for name in ("judge-a", "judge-b")]  # model folders, as a user gives them
+    jury = {folder: FakeChat(judge_reply, name=folder) for folder in folders}
+    result, _, _ = run(sample, "--judge", folders[0], "--judge", folders[1], judge=jury)
+    assert result.exit_code == 0, result.output
+    scored = read_records(tmp_path / "run" / "6-quality-scores.jsonl")
+    assert scored and all([v["model"] for v in r.meta["judges"]] == folders for r in scored)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["models"]["judge"] == " + ".join(folders)
+    assert load_config(overrides=["models.judge=['a', 'b']"]).models.chosen("judge") == ("a", "b")

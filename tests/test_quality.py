@@ -31,8 +31,8 @@ class quality:
         self.outcome = run_phase(self.phase, records, judge=judge)
         self.kept, self.scored, self.stats = self.outcome.records, self.outcome.side["scores"], self.outcome.stats
         self.baseline = self.outcome.side["baseline"]
-        self.ranked = [r for r in self.scored if Verdict.of(r).ok]
-        self.failures = [r for r in self.scored if not Verdict.of(r).ok]
+        self.ranked = [r for r in self.scored if all(v.ok for v in Verdict.all(r))]
+        self.failures = [r for r in self.scored if not all(v.ok for v in Verdict.all(r))]
 
     def report(self):
         return self.phase.summary(self.outcome)
@@ -398,3 +398,58 @@ def test_command_rejects_a_bad_top(cli_models, real_sample, tmp_path, top, messa
     run = CliRunner().invoke(main, ["quality", str(source), str(tmp_path / "o"), "--top", top])
     assert run.exit_code == 2
     assert message in run.output
+
+
+# --- juries ---
+
+
+def test_a_jury_ranks_by_its_judges_standardised_totals_against_a_hand_computation():
+    """Two judges on different scales: the jury's total is their z-scores' mean, on the points of the average
+    judge; the order differs from either judge's alone."""
+    first = {f"task {i}": total for i, total in enumerate([10, 20, 30, 40, 50])}
+    second = {f"task {i}": total for i, total in enumerate([90, 60, 70, 62, 61])}
+    records = [record(name, "x" * 40) for name in first]  # equal lengths: the judges alone decide
+    judges = [judge_by_instruction({k: scores_with_total(v) for k, v in table.items()}) for table in (first, second)]
+    judges[1].name = "fake-judge-2"
+    run = quality(records, judges, integers(top=2))
+
+    a, b = [list(table.values()) for table in (first, second)]
+    z = [[(x - statistics.fmean(s)) / statistics.pstdev(s) for x in s] for s in (a, b)]
+    mean_z = [(za + zb) / 2 for za, zb in zip(*z)]
+    points = statistics.fmean([statistics.fmean(a), statistics.fmean(b)])
+    spread = statistics.fmean([statistics.pstdev(a), statistics.pstdev(b)])
+    by_hand = {f"task {i}": points + spread * m for i, m in enumerate(mean_z)}
+
+    scored = {r.instruction: r.meta for r in run.scored}
+    for name, total in by_hand.items():
+        assert scored[name]["by"] == "jury"
+        assert math.isclose(scored[name]["judge_score"], total, rel_tol=1e-9)
+        assert math.isclose(scored[name]["quality"], 0.9 * total + 0.1 * 100, rel_tol=1e-9)
+        assert [v["model"] for v in scored[name]["judges"]] == ["fake-judge", "fake-judge-2"]
+        assert [v["total"] for v in scored[name]["judges"]] == [first[name], second[name]]
+    best_two = sorted(by_hand, key=by_hand.get, reverse=True)[:2]
+    assert {r.instruction for r in run.kept} == set(best_two) == {"task 0", "task 4"}
+    assert run.stats["judges"] == ["fake-judge", "fake-judge-2"]
+    assert any(line.startswith("jury") for line in run.report())
+
+
+def test_a_record_one_juror_fails_on_is_left_out_and_counted():
+    records = [record(f"task {i}") for i in range(3)]
+    steady = judge_by_instruction({f"task {i}": scores_with_total(10 * i) for i in range(3)})
+    flaky = judge_by_instruction({"task 0": "no idea", "task 1": scores_with_total(5), "task 2": scores_with_total(9)})
+    flaky.name = "flaky"
+    run = quality(records, [steady, flaky], integers(top=3, retries=0))
+    assert [r.instruction for r in run.failures] == ["task 0"] and run.stats["failed"] == {"invalid_json": 1}
+    assert [v.status for v in Verdict.all(run.failures[0])] == ["ok", "invalid_json"]
+
+
+def test_the_quality_command_takes_a_jury(cli_models, tmp_path, real_sample):
+    source = real_sample("dolly_3k.json", [0, 1, 2, 3])
+    cli_models["judge"] = {name: FakeChat(lambda c, t=total: json_reply(**scores_with_total(t + len(last_user_message(c)) % 7)),
+                                           name=name) for name, total in (("a", 20), ("b", 60))}
+    result = CliRunner().invoke(main, ["quality", str(source), str(tmp_path / "o.jsonl"), "--top", "2", "--no-expected",
+                                       "--judge", "a", "--judge", "b", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "judge 1" in result.output and "judge 2" in result.output and "jury" in result.output
+    kept = read_records(tmp_path / "o.jsonl")
+    assert len(kept) == 2 and all([v["model"] for v in r.meta["judges"]] == ["a", "b"] for r in kept)

@@ -148,11 +148,14 @@ def _json_rows(path: Path, items: Iterator[tuple[str, Any]], field: str) -> Iter
 
 
 def _lift_local_row(path: Path, where: str, record_id: str, meta: dict, field: str) -> _Row:
-    judge = meta.get("judge")
-    verdict = Verdict.from_json(judge) if isinstance(judge, dict) else None
-    if verdict is None or not verdict.ok:
+    verdicts = Verdict.all(Record("-", "", "", record_id, meta))
+    if not verdicts or not all(verdict.ok for verdict in verdicts):
         return _Row(where, record_id, None, {}, lift_local=True)
     score = Score.from_meta(meta)
+    if len(verdicts) > 1:  # a jury: its total is the one score it has, besides the final quality
+        jury = score and score.judge_score
+        return _Row(where, record_id, {"quality": score and score.quality}.get(field, jury), {}, lift_local=True)
+    verdict = verdicts[0]
     total = {"total": verdict.total, "expected": verdict.expected_total, "quality": score and score.quality}[field]
     if total is None:
         hint = {"total": "", "expected": " (was it judged with --expected?)"}.get(

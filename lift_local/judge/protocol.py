@@ -19,6 +19,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from ..llm import ChatModel, Reply, Sampling
 
 if TYPE_CHECKING:
@@ -81,30 +83,62 @@ class Verdict:
 
     @classmethod
     def of(cls, record: Record) -> Verdict | None:
-        """The verdict a record carries, if the judge has seen it."""
+        """The verdict a record carries, if one judge has seen it (a jury's are `Verdict.all`)."""
         data = record.meta.get("judge")
         return cls.from_json(data) if isinstance(data, dict) else None
+
+    @classmethod
+    def all(cls, record: Record) -> list[Verdict]:
+        """Every judge's verdict on the record: a jury's (`meta["judges"]`), or the one judge's."""
+        jury = record.meta.get("judges")
+        if isinstance(jury, list):
+            return [cls.from_json(data) for data in jury]
+        one = cls.of(record)
+        return [] if one is None else [one]
+
+    @staticmethod
+    def to_meta(verdicts: list[Verdict]) -> dict[str, Any]:
+        """The record metadata of one judge's verdict (`judge`), or of a jury's (`judges`)."""
+        if len(verdicts) == 1:
+            return {"judge": verdicts[0].to_json()}
+        return {"judges": [verdict.to_json() for verdict in verdicts]}
 
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-    """What LIFT's quality selection gave a judged record, as its metadata holds it: the final `quality`,
-    judge_weight x the judge's total + length_weight x `length_score`."""
+    """What LIFT's quality selection gave a judged record, as its metadata holds it: the final `quality` =
+    judge_weight x `judge_score` + length_weight x `length_score`, where the judge score is, `by`, one judge's
+    total (its expected total where there is one), a jury's total (`jury_totals`) or a fitted scorer's score."""
 
     quality: float
     length_score: float
+    judge_score: float | None = None  # None in files of an earlier lift-local, which ranked by one judge
+    by: str = "judge"  # "judge", "jury" or "scorer"
 
-    def to_meta(self) -> dict[str, float]:
+    def to_meta(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Score | None:
-        return cls(meta["quality"], meta["length_score"]) if "quality" in meta else None
+        if "quality" not in meta:
+            return None
+        return cls(meta["quality"], meta["length_score"], meta.get("judge_score"), meta.get("by", "judge"))
 
     @classmethod
     def of(cls, record: Record) -> Score | None:
         """The score a record carries, if the quality selection ranked it."""
         return cls.from_meta(record.meta)
+
+
+def jury_totals(totals: np.ndarray) -> np.ndarray:
+    """A jury's totals from its judges' (records x judges) totals: each judge's totals standardised over the
+    records, their mean per record (Verga et al. 2024, "Replacing Judges with Juries"), put back on the points
+    of the average judge (the mean of the judges' means plus the mean of their standard deviations times the
+    mean z), so that the jury's total weighs against the length score as one judge's would. A judge whose
+    totals are all equal adds nothing to the order: its z is 0 for every record."""
+    means, spreads = totals.mean(axis=0), totals.std(axis=0)
+    z = np.divide(totals - means, spreads, out=np.zeros_like(totals, dtype=float), where=spreads > 0)
+    return means.mean() + spreads.mean() * z.mean(axis=1)
 
 
 class Asking(Protocol):

@@ -59,6 +59,9 @@ class Kit(Protocol):
 
     def chat(self, role: str) -> ChatModel: ...
 
+    def chats(self, role: str) -> list[ChatModel]:
+        """Every model of the role: one, or a jury of judges."""
+
     def embedder(self) -> Embedder: ...
 
     def prompt(self, name: str, requires: tuple[str, ...]) -> Prompt: ...

@@ -26,6 +26,7 @@ from ..judge.protocol import (
     check_top,
     count_or_fraction,
     judge_records,
+    jury_totals,
     length_score,
     record_length,
     selection_size,
@@ -81,15 +82,15 @@ class QualityParams(GenerationParams):
 
 @dataclasses.dataclass(frozen=True)
 class Judged:
-    """What `select` needs of a judged record."""
+    """What `select` needs of a judged record: every judge's verdict (one, or a jury's) and its length."""
 
-    status: str
-    scores: dict[str, float] | None
-    total: float | None  # what the selection ranks by
+    verdicts: tuple[Verdict, ...]
     length: int
-    sampled_total: float | None  # the total of the values written, for counting the ties expected scores break
-    fallback: int = 0  # dimensions whose expected score fell back to the value written
-    missing_values: int = 0
+
+    @property
+    def status(self) -> str:
+        """'ok' when every judge gave a valid verdict, else the first failure's status."""
+        return next((v.status for v in self.verdicts if not v.ok), "ok")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +154,12 @@ class Quality(
         return {"prompt": "judge_digits" if self.params.expected else "judge"}
 
     def map(self, batch: list[Record], kit: Kit) -> list[Mapped]:
-        verdicts = judge_records(batch, kit.chat("judge"), self.params, self.prompt(kit))
+        """Every judge (one, or each of a jury) scores every record."""
+        prompt = self.prompt(kit)
+        by_judge = [judge_records(batch, judge, self.params, prompt) for judge in kit.chats("judge")]
         return [
-            Mapped(record.with_meta(judge=verdict.to_json()), Judged(verdict.status, verdict.expected or verdict.scores, verdict.ranking_total,
-                                        record_length(record), verdict.total, len(verdict.fallback or ()),
-                                        verdict.missing_values or 0))
-            for record, verdict in zip(batch, verdicts, strict=True)
+            Mapped(record.with_meta(**Verdict.to_meta(list(verdicts))), Judged(verdicts, record_length(record)))
+            for record, *verdicts in zip(batch, *by_judge, strict=True)
         ]
 
     def select(self, features: list[Judged]) -> Selection:
@@ -166,14 +167,17 @@ class Quality(
         params = self.params
         lengths = [f.length for f in features]
         threshold = float(np.percentile(lengths, params.length_percentile)) if features else 0.0
-        meta, ranked, failures = {}, [], []
-        for i, f in enumerate(features):
-            if f.status != "ok":
-                failures.append(i)
-                continue
-            score = length_score(f.length, threshold)
-            meta[i] = Score(params.judge_weight * f.total + params.length_weight * score, score).to_meta()
-            ranked.append(i)
+        ranked = [i for i, f in enumerate(features) if f.status == "ok"]
+        failures = [i for i, f in enumerate(features) if f.status != "ok"]
+        judges = len(features[0].verdicts) if features else 1
+        totals = np.array([[v.ranking_total for v in features[i].verdicts] for i in ranked], dtype=float)
+        by = "jury" if judges > 1 else "judge"
+        judge_scores = jury_totals(totals) if by == "jury" and ranked else totals[:, 0] if ranked else []
+        meta = {}
+        for i, judge_score in zip(ranked, judge_scores):
+            length = length_score(features[i].length, threshold)
+            quality = params.judge_weight * judge_score + params.length_weight * length
+            meta[i] = Score(float(quality), length, float(judge_score), by).to_meta()
         ranked.sort(key=lambda i: -meta[i]["quality"])  # stable: equal scores keep their input order
 
         rng = random.Random(params.seed)
@@ -182,20 +186,26 @@ class Quality(
         kept = rng.sample(kept, len(kept))
         baseline = rng.sample(range(len(features)), len(kept))
 
-        totals = [features[i].total for i in ranked]
-        summaries = [Summary.of(name, top, [features[i].scores[name] for i in ranked]) for name, top in DIMENSIONS.items()]
-        summaries.append(Summary.of("total", 100, totals))
+        totals = [meta[i]["judge_score"] for i in ranked]
+        verdicts = [v for i in ranked for v in features[i].verdicts]
+        summaries = [Summary.of(name, top, [(v.expected or v.scores)[name] for v in verdicts])
+                     for name, top in DIMENSIONS.items()]
+        if judges > 1:
+            summaries += [Summary.of(f"judge {k + 1}", 100, [features[i].verdicts[k].ranking_total for i in ranked])
+                          for k in range(judges)]
+        summaries.append(Summary.of("jury" if judges > 1 else "total", 100, totals))
         best = 100 * (params.judge_weight + params.length_weight)
         summaries.append(Summary.of("quality", best, [meta[i]["quality"] for i in ranked]))
         uniform = uniformity_warnings(totals)
         warnings = list(uniform)
-        sampled_totals = [features[i].sampled_total for i in ranked]
+        sampled_totals = [sum(v.total for v in features[i].verdicts) for i in ranked]
         if wanted > len(ranked):
             warnings.append(f"asked for {wanted} records but only {len(ranked)} were judged; kept all of them")
         stats = {
             "records": len(features),
             "ok": len(ranked),
             "failed": dict(Counter(features[i].status for i in failures)),
+            "judges": [v.model for v in features[0].verdicts] if features else [],
             "kept": len(kept),
             "length_T": threshold,
             "uniform_warning": bool(uniform),
@@ -207,9 +217,9 @@ class Quality(
         }
         if params.expected:
             stats["expected"] = {
-                "records_with_fallback": sum(features[i].fallback > 0 for i in ranked),
-                "fallback_dimensions": sum(features[i].fallback for i in ranked),
-                "missing_values": sum(features[i].missing_values for i in ranked),
+                "records_with_fallback": sum(any(v.fallback for v in features[i].verdicts) for i in ranked),
+                "fallback_dimensions": sum(len(v.fallback or ()) for v in verdicts),
+                "missing_values": sum(v.missing_values or 0 for v in verdicts),
             }
             if stats["expected"]["fallback_dimensions"]:
                 warnings.append(
@@ -284,19 +294,19 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
     failed = [r for r in scored if not _judged(r)]
     plots = []
     if judged:
-        figure = _dimensions_figure({dim: [Verdict.of(r).scores[dim] for r in judged] for dim in DIMENSIONS})
+        figure = _dimensions_figure({dim: [_mean(r, lambda v: v.scores[dim]) for r in judged] for dim in DIMENSIONS})
         alt = "Four histograms of the judge's scores on clarity, difficulty, explanation and accuracy."
         caption = (
-            "The judge's score on each dimension, over its full range. A judge that gives everyone the same "
-            "score makes quality selection no better than random; look for spread."
+            "The judge's score on each dimension, over its full range (a jury's: its judges' mean). A judge that "
+            "gives everyone the same score makes quality selection no better than random; look for spread."
         )
         plots.append(figures.as_plot("judge_dimensions", figure, alt=alt, caption=caption))
 
         kept_quality = [Score.of(r).quality for r in judged if r.id in kept_ids]
         rest_quality = [Score.of(r).quality for r in judged if r.id not in kept_ids]
         cutoff = min(kept_quality) if kept_quality else None
-        totals = [Verdict.of(r).total for r in judged]
-        expected = [Verdict.of(r).expected_total for r in judged if Verdict.of(r).expected_total is not None]
+        totals = [_mean(r, lambda v: v.total) for r in judged]
+        expected = [_mean(r, lambda v: v.expected_total) for r in judged if Verdict.all(r)[0].expected_total is not None]
         figure = _scores_figure(
             totals, expected, [Score.of(r).length_score for r in judged], kept_quality, rest_quality, cutoff
         )
@@ -328,7 +338,7 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
             f"<p>A random subset of the same size, to compare with: <code>{figures.e(entry.side['baseline'])}</code>.</p>"
         )
     if failed:
-        counts = Counter(Verdict.of(r).status for r in failed)
+        counts = Counter(_failure(r).status for r in failed)
         parts.append(f"<h3>Judge failures ({len(failed)}: {figures.e(figures.compact(dict(counts)))})</h3>")
         parts.append("<p>The judge's replies that gave no score, first of them:</p>")
         parts.append(
@@ -374,29 +384,39 @@ def _scores_figure(
 
 
 def _quality_facts(record: Record) -> list[tuple[str, str]]:
-    verdict = Verdict.of(record)
-    dims = ", ".join(f"{dim[:4]} {verdict.scores[dim]:.3g}" for dim in DIMENSIONS)
-    expected = [] if verdict.expected_total is None else [("expected", f"{verdict.expected_total:.1f}")]
-    return [
-        ("quality", f"{Score.of(record).quality:.1f}"),
-        ("judge", f"{verdict.total:.3g} ({dims})"),
-        *expected,
-        ("length", f"{Score.of(record).length_score:.0f}"),
-    ]
+    score = Score.of(record)
+    facts = [("quality", f"{score.quality:.1f}")]
+    for verdict in Verdict.all(record):
+        dims = ", ".join(f"{dim[:4]} {verdict.scores[dim]:.3g}" for dim in DIMENSIONS)
+        expected = "" if verdict.expected_total is None else f", expected {verdict.expected_total:.1f}"
+        facts.append((verdict.model if score.by == "jury" else "judge", f"{verdict.total:.3g} ({dims}){expected}"))
+    if score.by != "judge":
+        facts.append((score.by, f"{score.judge_score:.1f}"))
+    return [*facts, ("length", f"{score.length_score:.0f}")]
+
+
+def _failure(record: Record) -> Verdict:
+    """The verdict that kept a record out of the ranking (a jury's first failed judge)."""
+    return next(v for v in Verdict.all(record) if not v.ok)
 
 
 def _failure_facts(record: Record) -> list[tuple[str, str]]:
-    verdict = Verdict.of(record)
-    return [("status", verdict.status), ("retries", str(verdict.retries))]
+    verdict = _failure(record)
+    return [("status", verdict.status), ("retries", str(verdict.retries)), ("judge", verdict.model)]
 
 
 def _raw_reply(record: Record) -> list[tuple[str, str]]:
-    return [("judge reply", Verdict.of(record).raw)]
+    return [("judge reply", _failure(record).raw)]
 
 
 def _judged(record: Record) -> bool:
-    verdict = Verdict.of(record)
-    return verdict is not None and verdict.ok and Score.of(record) is not None
+    verdicts = Verdict.all(record)
+    return bool(verdicts) and all(v.ok for v in verdicts) and Score.of(record) is not None
+
+
+def _mean(record: Record, value) -> float:
+    """The mean of `value(verdict)` over the record's judges: one judge's own value, or a jury's mean."""
+    return float(np.mean([value(verdict) for verdict in Verdict.all(record)]))
 
 
 def _warnings(entry: PhaseEntry) -> list[str]:
