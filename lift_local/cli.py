@@ -327,6 +327,7 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
     ref = judge_eval.reference_table(str(reference), records, reference_field, reference_scale)
     rows = [judge_eval.row(name, table, ref, top) for name, table in
             judge_eval.baseline_tables(records, QualityParams.length_percentile, seed)]
+    ranking_tables = []  # each judge's ranking total (expected, else written), for the jury
     for name in judges:
         _say(f"judging {len(records)} records with {name}")
         phase = Quality(QualityParams(expected=expected, top=len(records)))
@@ -336,12 +337,17 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
             started = time.perf_counter()
             outcome = phase.run(records, Local(bench))
             seconds = time.perf_counter() - started
-        failures = len(records) - outcome.stats["ok"]
+        tables = judge_eval.judge_tables(name, outcome.side["scores"])
+        failures = len(tables[0][1].unscored)
         rows += [judge_eval.row(label, table, ref, top, failures=failures, seconds_per_100=100 * seconds / len(records))
-                 for label, table in judge_eval.judge_tables(name, outcome.side["scores"])]
+                 for label, table in tables]
+        ranking_tables.append(tables[-2][1])  # the expected total where there is one, else the written total
         if out_dir is not None:
             write_records(out_dir / f"{Path(name).name}{'.expected' if expected else ''}.scores.jsonl",
                           outcome.side["scores"])
+    if len(judges) > 1:
+        label, jury = judge_eval.jury_table(judges, ranking_tables)
+        rows.append(judge_eval.row(label, jury, ref, top, failures=len(jury.unscored)))
     rows = judge_eval.ranked(rows)
     table = judge_eval.format_table(rows, ref)
     click.echo(table)

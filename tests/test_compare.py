@@ -439,3 +439,30 @@ def test_scores_match_a_reference_keyed_by_the_users_own_ids(tmp_path, cli_model
     result = CliRunner().invoke(main, ["compare-judges", str(tmp_path / "ours.jsonl"), str(tmp_path / "gpt4.jsonl")])
     assert result.exit_code == 0, result.output
     assert "records: 30 matched, 0 only in A, 0 only in B" in result.output
+
+
+def test_correlation_intervals_agree_with_a_direct_bootstrap():
+    """Each correlation's 95% interval against 4,000 resamples drawn here, percentiles taken by hand."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=150)
+    y = 0.5 * x + rng.normal(size=150)
+    a = ScoreTable("a", "a", {str(i): 50 + 10 * v for i, v in enumerate(x)}, {}, frozenset())
+    b = ScoreTable("b", "b", {str(i): 50 + 10 * v for i, v in enumerate(y)}, {}, frozenset())
+    agreement = compare(a, b, top=0.5, bins=10).overall
+    ids = sorted(a.totals)
+    xs, ys = np.array([a.totals[i] for i in ids]), np.array([b.totals[i] for i in ids])
+    draws = [rng.integers(0, len(ids), len(ids)) for _ in range(4000)]
+    for name, statistic in {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}.items():
+        values = [statistic(xs[d], ys[d]).statistic for d in draws]
+        low, high = agreement.intervals[name]
+        assert low == pytest.approx(np.percentile(values, 2.5), abs=0.03)
+        assert high == pytest.approx(np.percentile(values, 97.5), abs=0.03)
+        assert low < getattr(agreement, name) < high
+
+
+def test_the_table_prints_every_correlation_with_its_interval(tmp_path):
+    path = write(tmp_path / "s.csv", "id,score\n" + "".join(f"r{i},{i % 11}\n" for i in range(30)))
+    result = run(str(path), str(path))
+    assert result.exit_code == 0
+    total = next(line for line in result.output.splitlines() if line.startswith("total"))
+    assert total.count("1.00 [1.00, 1.00]") == 3  # a file against itself: pearson, spearman, kendall

@@ -2,7 +2,9 @@
 known (a fake judge that writes GPT-4's own score, one that writes its reverse), baselines, and clear errors."""
 
 import json
+import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA
@@ -10,7 +12,8 @@ from fakes import FakeChat, json_reply, last_user_message
 from scipy import stats
 
 from lift_local.cli import main
-from lift_local.judge.agreement import load_scores
+from lift_local.judge import evaluate as judge_eval
+from lift_local.judge.agreement import ScoreTable, load_scores
 
 REFERENCE = SHARED_DATA / "mt_bench_gpt4.jsonl"
 
@@ -36,6 +39,12 @@ def judge_from(sample, transform):
     return respond
 
 
+def table_row(line: str) -> tuple[str, list[str]]:
+    """A row of judge-eval's table: its name, and its numbers (n/a for a correlation undefined)."""
+    name, numbers = re.match(r"(.+?)\s+(\d+\s.*)", line).groups()
+    return name, re.findall(r"-?\d+(?:\.\d+)?|n/a", numbers)
+
+
 def test_a_judge_that_writes_gpt4s_scores_agrees_perfectly_and_ranks_first(tmp_path, sample, monkeypatch):
     path = tmp_path / "ref.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in sample))
@@ -48,24 +57,29 @@ def test_a_judge_that_writes_gpt4s_scores_agrees_perfectly_and_ranks_first(tmp_p
     lines = result.output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("score "))
     rows = lines[start + 1: next(i for i, line in enumerate(lines) if line.startswith("(top half"))]
-    assert len(rows) == 6  # two baselines, and each judge's written total and final quality
-    names = [line[:52].strip() for line in rows]
-    assert names[0] == "echo: written total"
-    assert names[-1] == "reverse: written total"
+    # two baselines, each judge's written total and final quality, and the two judges as a jury
+    cells = {name: numbers for name, numbers in map(table_row, rows)}
+    names = list(cells)
+    assert len(names) == 7 and names[0] == "echo: written total" and names[-1] == "jury (echo + reverse): total"
+    assert names[-2] == "reverse: written total"
     assert {"baseline: random judge", "baseline: length score alone", "echo: final quality"} <= set(names)
+    assert cells[names[-1]][1:4] == ["n/a", "n/a", "n/a"]  # the two cancel out: the jury's totals are all equal
+    undecided = [line for line in lines if line.startswith("undecided: ")]
+    assert not any("echo: written total" in line for line in undecided)  # 1.00 [1.00, 1.00] is above every other
 
     gpt4 = [row["gpt4_score"] for row in sample]
     lengths = [len((row["instruction"] + row["output"]).replace("\t", "").replace("\n", "")) for row in sample]
-    cells = {line[:52].strip(): line[52:].split() for line in rows}
-    assert cells["echo: written total"][:4] == ["40", "1.00", "1.00", "1.00"]
+    # n, then Spearman, Pearson and Kendall each with its interval
+    assert cells["echo: written total"][:10] == ["40", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00"]
     assert cells["reverse: written total"][:4] == ["40", "-1.00", "-1.00", "-1.00"]
     length = cells["baseline: length score alone"]
     # The length score is monotone in length below the 98th percentile and capped above: Spearman as scipy's
-    # on the same capped values.
+    # on the same capped values, inside its interval.
     cap = sorted(lengths)[int(0.98 * (len(lengths) - 1))]
     capped = [min(n, cap) for n in lengths]
-    assert float(length[2]) == pytest.approx(stats.spearmanr(capped, gpt4).statistic, abs=0.01)
-    assert float(length[3]) == pytest.approx(stats.kendalltau(capped, gpt4).statistic, abs=0.01)
+    spearman, low, high = map(float, length[1:4])
+    assert spearman == pytest.approx(stats.spearmanr(capped, gpt4).statistic, abs=0.01) and low < spearman < high
+    assert float(length[7]) == pytest.approx(stats.kendalltau(capped, gpt4).statistic, abs=0.01)
     # The scores written with --out are the quality phase's own output: compare-judges reads them by the user's ids.
     ours = load_scores(tmp_path / "eval" / "echo.scores.jsonl")
     assert set(ours.totals) == {row["id"] for row in sample}
@@ -88,3 +102,19 @@ def test_a_wrong_reference_field_or_scale_is_a_clear_error(tmp_path, sample, opt
     assert result.exit_code == 1
     assert message in result.output and f"Error: {path}:record " in result.output
     assert "Traceback" not in result.output
+
+
+def test_rows_whose_intervals_overlap_are_called_undecided():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=200)
+    reference = ScoreTable("gpt4", "gpt4", {str(i): 50 + 10 * v for i, v in enumerate(truth)}, {}, frozenset())
+
+    def noisy(noise):
+        values = truth + noise * rng.normal(size=200)
+        return ScoreTable("s", "s", {str(i): 50 + 10 * v for i, v in enumerate(values)}, {}, frozenset())
+
+    rows = judge_eval.ranked([judge_eval.row(name, noisy(noise), reference, 0.5)
+                              for name, noise in (("sharp", 0.1), ("sharp too", 0.11), ("blunt", 3.0))])
+    assert {r.name for r in rows[:2]} == {"sharp", "sharp too"} and rows[2].name == "blunt"
+    assert judge_eval.undecided(rows) == [(rows[0].name, rows[1].name)]
+    assert f"undecided: {rows[0].name} and {rows[1].name}" in judge_eval.format_table(rows, reference)

@@ -28,12 +28,32 @@ from sklearn.metrics import cohen_kappa_score, mean_absolute_error
 
 from ..errors import InputError, NothingToCompare
 from ..records import META_KEY, Record, parse_json_items, read_text
+from ..stats import paired_interval
 from .protocol import DIMENSIONS, Score, Verdict, check_top, selection_size
 
 # Which lift-local score is compared: the judge's written total, its expected total, or the final quality.
 FIELDS = {"total": "judge total", "expected": "expected judge total", "quality": "final quality"}
 
 _INDEX_LINE = re.compile(r"\s*\d+\t")
+RESAMPLES = 2_000  # bootstrap resamples of a correlation's interval: its ends move by about 0.01 between seeds
+
+
+def _pearson(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    x, y = x - x.mean(axis=axis, keepdims=True), y - y.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of equal scores has none: NaN
+        return (x * y).sum(axis=axis) / np.sqrt((x * x).sum(axis=axis) * (y * y).sum(axis=axis))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return _pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis=axis)
+
+
+def _kendall(x: np.ndarray, y: np.ndarray) -> float:
+    return stats.kendalltau(x, y).statistic
+
+
+# The correlations reported, as statistics of paired resamples (Pearson and Spearman vectorised over them).
+CORRELATIONS = {"pearson": _pearson, "spearman": _spearman, "kendall": _kendall}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +87,13 @@ class Agreement:
     top_k: int
     top_overlap: float | None  # |top-k of A ∩ top-k of B| / k
     notes: tuple[str, ...]
+    # The 95% bootstrap interval of each correlation over the matched records (`stats.paired_interval`).
+    intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+    def interval(self, statistic: str) -> str:
+        """"[low, high]" of a correlation's interval, or "" where it has none."""
+        low, high = self.intervals.get(statistic, (math.nan, math.nan))
+        return "" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
 
     @property
     def chance_overlap(self) -> float:
@@ -329,6 +356,10 @@ def _agreement(a: dict[str, float], b: dict[str, float], top: int | float, bins:
         pearson = float(stats.pearsonr(x, y).statistic)
         spearman = float(stats.spearmanr(x, y).statistic)
         kendall = float(stats.kendalltau(x, y).statistic)
+    intervals = {}
+    if pearson is not None and n >= 3:
+        intervals = {name: paired_interval(statistic, x, y, resamples=RESAMPLES)
+                     for name, statistic in CORRELATIONS.items()}
     bins_x, bins_y = _binned(x, bins), _binned(y, bins)
     kappa = None
     if len(np.unique(np.concatenate([bins_x, bins_y]))) == 1:
@@ -359,6 +390,7 @@ def _agreement(a: dict[str, float], b: dict[str, float], top: int | float, bins:
         top_k=min(k, n),
         top_overlap=overlap,
         notes=tuple(notes),
+        intervals=intervals,
     )
 
 
@@ -386,21 +418,22 @@ def format_report(a: ScoreTable, b: ScoreTable, comparison: Comparison) -> str:
         f"records: {c.matched} matched, {c.only_a} only in A, {c.only_b} only in B, "
         f"unscored {c.unscored_a} in A and {c.unscored_b} in B",
         "",
-        f"{'score':<12}{'n':>6}{'mean A':>8}{'mean B':>8}{'pearson':>9}{'spearman':>9}"
-        f"{'kendall':>9}{'MAD':>7}{'kappa':>7}{'k':>7}{'top-k':>7}{'chance':>8}",
+        f"{'score':<12}{'n':>6}{'mean A':>8}{'mean B':>8}{'pearson':>20}{'spearman':>20}"
+        f"{'kendall':>20}{'MAD':>7}{'kappa':>7}{'k':>7}{'top-k':>7}{'chance':>8}",
     ]
     rows = {"total": c.overall, **c.dimensions}
     for name, g in rows.items():
+        correlations = "".join(correlation_cell(g, statistic, 20) for statistic in CORRELATIONS)
         lines.append(
-            f"{name:<12}{g.n:>6}{g.mean_a:>8.1f}{g.mean_b:>8.1f}{_cell(g.pearson, 9)}{_cell(g.spearman, 9)}"
-            f"{_cell(g.kendall, 9)}{g.mad:>7.1f}{_cell(g.kappa, 7)}{g.top_k:>7}"
-            f"{_cell(g.top_overlap, 7)}{g.chance_overlap:>8.2f}"
+            f"{name:<12}{g.n:>6}{g.mean_a:>8.1f}{g.mean_b:>8.1f}{correlations}{g.mad:>7.1f}{_cell(g.kappa, 7)}"
+            f"{g.top_k:>7}{_cell(g.top_overlap, 7)}{g.chance_overlap:>8.2f}"
         )
     notes = [f"  {name}: {note}" for name, g in rows.items() for note in g.notes]
     lines += ["", "notes:", *notes] if notes else []
     lines += [
         "",
-        f"Scores are on 0-100. MAD: mean absolute difference. kappa: quadratic-weighted on {c.bins} bins.",
+        "Scores are on 0-100. Correlations with their 95% bootstrap interval over the matched records.",
+        f"MAD: mean absolute difference. kappa: quadratic-weighted on {c.bins} bins.",
         "top-k: share of A's k best records also among B's k best; chance: the same for a random pick.",
     ]
     return "\n".join(lines)
@@ -408,6 +441,12 @@ def format_report(a: ScoreTable, b: ScoreTable, comparison: Comparison) -> str:
 
 def _cell(value: float | None, width: int) -> str:
     return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.2f}"
+
+
+def correlation_cell(agreement: Agreement, statistic: str, width: int) -> str:
+    """"0.38 [0.16, 0.57]": a correlation and its interval, right-aligned in `width`."""
+    value = getattr(agreement, statistic)
+    return f"{'n/a' if value is None else f'{value:.2f} {agreement.interval(statistic)}'.strip():>{width}}"
 
 
 # --- the figure ---
@@ -422,11 +461,16 @@ def figure(a: ScoreTable, b: ScoreTable, comparison: Comparison) -> Figure:
     fig = Figure(figsize=(10, 3.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False)
     edges = _bin_edges(comparison.bins)
+    agreements = {"total": comparison.overall, **comparison.dimensions}
     for (name, scores_a, scores_b), (hist, joint) in zip(rows, axes, strict=True):
         _, x, y = _paired(scores_a, scores_b)
         hist.hist([x, y], bins=edges, label=list(labels))
         hist.set(title=f"{name}: {len(x)} matched records", xlabel="score (0-100)", ylabel="records")
         hist.legend()
+        spearman = agreements[name].spearman
+        if spearman is not None:  # the number a reader looks for, with how sure it is
+            joint.text(0.02, 0.98, f"Spearman {spearman:.2f} {agreements[name].interval('spearman')}",
+                       transform=joint.transAxes, va="top", fontsize=8)
         # Counts per pair of bins (the table kappa is computed from): a scatter would hide how many records
         # share a point, as integer scores do.
         *_, image = joint.hist2d(x, y, bins=[edges, edges], cmap="Blues", cmin=1)
