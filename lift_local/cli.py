@@ -24,6 +24,9 @@ from .config import load_config
 from .errors import ConfigError, InputError, LiftError, NothingSelected, ParameterError, StorageError
 from .judge import agreement as comparing
 from .judge import evaluate as judge_eval
+from .judge import fit as fitting
+from .judge.features import feature_matrix, model_digests
+from .judge.fit import FitParams, Scorer
 from .judge.protocol import check_top, count_or_fraction
 from .params import limits
 from .phases import Local, Phase, all_phases
@@ -123,6 +126,15 @@ def _fields(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
         return parse_field_options(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
+
+
+def _add_options(options: list[click.Parameter]) -> Callable[[click.Command], click.Command]:
+    """Adds options made from declarations (a role, a parameter dataclass) to a command made by decorators."""
+    def add(command: click.Command) -> click.Command:
+        command.params.extend(options)
+        return command
+
+    return add
 
 
 _VERBOSE = (["-v", "--verbose"], dict(
@@ -255,6 +267,7 @@ def _phase_command(cls: type[Phase]) -> click.Command:
         records = read_records(in_path, fields)
         with Workbench(cache_dir, config, prompts) as bench:
             bench.phase_prompts(phase)  # a bad template fails before any model loads
+            phase.check(bench)
             _say(f"{cls.name}: {len(records)} records from {in_path}")
             try:
                 outcome = phase.run(records, Local(bench))
@@ -289,15 +302,29 @@ for _cls in all_phases():
 # --- judge-eval command ---
 
 
+_REFERENCE = [
+    click.Argument(["reference"], type=click.Path(path_type=Path)),
+    click.Option(["--reference-field"], default="gpt4_score",
+                 help="The field of REFERENCE's records that holds the reference score."),
+    click.Option(["--reference-scale"], type=click.FloatRange(0, min_open=True), default=10.0,
+                 help="The reference scores' maximum: they are read as 0..MAX."),
+]
+
+
+def _reference(reference: Path, fields: dict[str, str], field: str, scale: float, limit: int | None, seed: int):
+    """REFERENCE's records (a seeded sample of `limit`) and their reference scores on 0-100."""
+    records = pipeline.sample(read_records(reference, fields), limit, seed)
+    return records, judge_eval.reference_table(str(reference), records, field, scale)
+
+
+@_add_options(_REFERENCE)
 @main.command("judge-eval")
-@click.argument("reference", type=click.Path(path_type=Path))
-@click.option("--judge", "judges", multiple=True, required=True, metavar="NAME|FOLDER",
+@click.option("--judge", "judges", multiple=True, metavar="NAME|FOLDER",
               help="A judge to evaluate: a registered model (see `lift-local models`) or a model folder; with "
-              "--server, a model the server serves. Repeatable: the judges are ranked side by side.")
-@click.option("--reference-field", default="gpt4_score", help="The field of REFERENCE's records that holds the "
-              "reference score.")
-@click.option("--reference-scale", type=click.FloatRange(0, min_open=True), default=10.0,
-              help="The reference scores' maximum: they are read as 0..MAX.")
+              "--server, a model the server serves. Repeatable: the judges are ranked side by side, and as a jury.")
+@click.option("--scorer", "scorers", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="A scorer fitted by `lift-local judge-fit` (on another reference, to see how it transfers), "
+              "ranked as one more row. Repeatable.")
 @click.option("--expected/--no-expected", default=True, show_default=True,
               help="Judge as `quality` does by default, with expected scores (the digit rubric): ranks the written "
               "and the expected totals both. --no-expected: the paper's integer rubric.")
@@ -312,31 +339,30 @@ for _cls in all_phases():
 @click.option(*_FIELD[0], **_FIELD[1])
 @click.option(*_CACHE_DIR[0], **_CACHE_DIR[1])
 @click.option(*_VERBOSE[0], **_VERBOSE[1])
-def judge_eval_command(reference, judges, reference_field, reference_scale, expected, limit, seed, top, server,
-                       out_dir, fields, cache_dir, verbose) -> None:
+def judge_eval_command(reference, judges, scorers, reference_field, reference_scale, expected, limit, seed, top,
+                       server, out_dir, fields, cache_dir, verbose) -> None:
     """Rank open judges by their agreement with a reference judge (e.g. GPT-4) on REFERENCE's records.
 
     REFERENCE holds records (instruction, input, output) with a reference score each, such as
     ../shared/data/mt_bench_gpt4.jsonl. Every judge scores them through the quality phase (same prompts,
     reply cache: a run started again asks only for what is missing), and each of its scores (written total,
-    expected total, final quality) is compared with the reference: Pearson, Spearman, Kendall, the overlap
-    of the top selections, distinct scores (ties), failures and seconds per 100 records. A random judge and
-    the length score alone are the baselines.
+    expected total, final quality) is compared with the reference: Pearson, Spearman and Kendall with their
+    95% bootstrap intervals, the overlap of the top selections, distinct scores (ties), failures and seconds
+    per 100 records. Several judges are ranked as a jury too, and each --scorer as one more row. A random
+    judge and the length score alone are the baselines. Neighbours whose intervals overlap are named: these
+    records do not decide their order.
     """
-    records = pipeline.sample(read_records(reference, fields), limit, seed)
-    ref = judge_eval.reference_table(str(reference), records, reference_field, reference_scale)
+    if not judges and not scorers:
+        raise click.UsageError("give at least one --judge or --scorer")
+    records, ref = _reference(reference, fields, reference_field, reference_scale, limit, seed)
     rows = [judge_eval.row(name, table, ref, top) for name, table in
             judge_eval.baseline_tables(records, QualityParams.length_percentile, seed)]
+    log = _log_path(cache_dir, verbose)
     ranking_tables = []  # each judge's ranking total (expected, else written), for the jury
     for name in judges:
         _say(f"judging {len(records)} records with {name}")
-        phase = Quality(QualityParams(expected=expected, top=len(records)))
-        log = _log_path(cache_dir, verbose)
-        with console.logs_to(log, f"lift-local judge-eval {reference} --judge {name}"), \
-                Workbench(cache_dir, ModelsConfig(roles={"judge": (name,)}, server=server)) as bench:
-            started = time.perf_counter()
-            outcome = phase.run(records, Local(bench))
-            seconds = time.perf_counter() - started
+        outcome, seconds = _judged(records, QualityParams(expected=expected, top=len(records)),
+                                   ModelsConfig(roles={"judge": (name,)}, server=server), cache_dir, log)
         tables = judge_eval.judge_tables(name, outcome.side["scores"])
         failures = len(tables[0][1].unscored)
         rows += [judge_eval.row(label, table, ref, top, failures=failures, seconds_per_100=100 * seconds / len(records))
@@ -348,6 +374,16 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
     if len(judges) > 1:
         label, jury = judge_eval.jury_table(judges, ranking_tables)
         rows.append(judge_eval.row(label, jury, ref, top, failures=len(jury.unscored)))
+    for path in scorers:
+        _say(f"scoring {len(records)} records with the scorer {path}")
+        spec = Scorer.load(path).spec
+        chosen = {"judge": spec.judges, "embedder": (spec.embedder,) if spec.embedder else ()}
+        outcome, seconds = _judged(records, QualityParams(top=len(records), scorer=str(path)),
+                                   ModelsConfig(roles={role: names for role, names in chosen.items() if names}),
+                                   cache_dir, log)
+        label, table = judge_eval.scorer_table(path.name, outcome.side["scores"])
+        rows.append(judge_eval.row(label, table, ref, top, failures=len(table.unscored),
+                                   seconds_per_100=100 * seconds / len(records)))
     rows = judge_eval.ranked(rows)
     table = judge_eval.format_table(rows, ref)
     click.echo(table)
@@ -357,6 +393,78 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
         with atomic_path(out_dir / "judge-eval.png") as tmp:
             judge_eval.figure(rows, ref).savefig(tmp, format="png", dpi=120)
         click.echo(f"\nscores, table and figure: {out_dir}")
+
+
+def _judged(records: list, params: QualityParams, config: ModelsConfig, cache_dir: Path, log: Path | None):
+    """The quality phase's outcome on `records` and its seconds: how judge-eval and judge-fit judge."""
+    phase = Quality(_params(QualityParams, **{name: getattr(params, name) for name in ("expected", "top", "scorer")}))
+    with console.logs_to(log, f"lift-local judging {len(records)} records"), Workbench(cache_dir, config) as bench:
+        phase.check(bench)
+        started = time.perf_counter()
+        outcome = phase.run(records, Local(bench))
+        return outcome, time.perf_counter() - started
+
+
+# --- judge-fit command ---
+
+_FIT_HINTS = typing.get_type_hints(FitParams)
+_FIT_ROLES = ("judge", "reader", "embedder")
+
+
+@_add_options([*_REFERENCE, *(_parameter_option(field, _FIT_HINTS[field.name]) for field in dataclasses.fields(FitParams)),
+               *_model_options(_FIT_ROLES)])
+@main.command("judge-fit")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="SCORER",
+              help="The scorer file to write (JSON), for `quality --scorer` and `judge-eval --scorer`.")
+@click.option("--limit", type=click.IntRange(min=1), help="Fit on a seeded random sample of N records (--seed).")
+@click.option(*_FIELD[0], **_FIELD[1])
+@click.option(*_CACHE_DIR[0], **_CACHE_DIR[1])
+@click.option(*_VERBOSE[0], **_VERBOSE[1])
+def judge_fit_command(reference, out_path, reference_field, reference_scale, limit, fields, cache_dir, verbose,
+                      **chosen) -> None:
+    """Fit a scorer to REFERENCE's scores (e.g. GPT-4's), and say how well it agrees on questions it never saw.
+
+    REFERENCE holds records (instruction, input, output) with a reference score each, as judge-eval reads
+    it. Each record's features (--features: the judges' expected score per dimension, the lengths, the hidden
+    states of a frozen reader model at one layer, the embedder's vectors) are standardised and a ridge
+    regression learns the reference score, its penalty chosen by an inner cross-validation. The table is
+    judge-eval's: the scorer's out-of-fold predictions under K-fold cross-validation grouped by instruction
+    (answers to one question never on both sides), beside the raw judge, the length alone and a random score
+    on the same records. Then the scorer is fitted on every record and written to SCORER: JSON holding the
+    features, the models with the digests of their weights, the scaler and the coefficients.
+    """
+    params = _params(FitParams, **{field.name: chosen.pop(field.name) for field in dataclasses.fields(FitParams)})
+    config = _models_config(_FIT_ROLES, chosen)
+    records, ref = _reference(reference, fields, reference_field, reference_scale, limit, params.seed)
+    sample = fitting.Sample.of(reference, records, ref, reference_scale, params.folds)
+    log = _log_path(cache_dir, verbose)
+    outcome = None
+    if "judge" in params.kinds:
+        _say(f"judging {len(records)} records")
+        outcome, _ = _judged(records, QualityParams(top=len(records)), config, cache_dir, log)
+    with console.logs_to(log, f"lift-local judge-fit {reference}"), Workbench(cache_dir, config) as bench:
+        spec = fitting.feature_spec(params, bench)
+        verdicts = fitting.verdicts_in_order(records, outcome.side["scores"]) if outcome else []
+        _say(f"features of {len(records)} records: {', '.join(spec.kinds)}")
+        X, columns = feature_matrix(records, verdicts, spec, bench)
+        digests = model_digests(spec, bench)
+    result = fitting.evaluate(sample, X, params, spec)
+    rows = [judge_eval.row(result.label, result.table, ref, 0.5)]
+    if outcome is not None:
+        rows += [judge_eval.row(label, table, ref, 0.5) for label, table in
+                 judge_eval.judge_tables(" + ".join(spec.judges), outcome.side["scores"])[-2:-1]]
+    rows += [judge_eval.row(name, table, ref, 0.5) for name, table in
+             judge_eval.baseline_tables(records, QualityParams.length_percentile, params.seed)]
+    click.echo(judge_eval.format_table(judge_eval.ranked(rows), ref))
+    if result.unusable:
+        _say(f"{result.unusable} records without a valid verdict of every judge were left out")
+    scorer = fitting.Scorer.of(result.model, spec, columns, digests,
+                               {"file": Path(reference).name, "sha256": fitting.file_digest(reference),
+                                "field": reference_field, "scale": reference_scale, **result.sizes},
+                               result.cross_validation)
+    digest = scorer.save(out_path)
+    _say(f"\nscorer: {out_path} (fitted on all {result.sizes['records']} records; ridge alpha {scorer.alpha:g}; "
+         f"sha256 {digest[:12]})\nuse it: lift-local quality IN OUT --scorer {out_path}")
 
 
 # --- models command ---
@@ -401,14 +509,6 @@ def models_prepare(name: str | None, quiet: bool) -> None:
 
 # The roles of the phases `run` runs, each an option as in the phase commands.
 _RUN_ROLES = tuple(role for role in models.ROLES if any(role in cls.roles for cls in all_phases()))
-
-
-def _add_options(options: list[click.Option]) -> Callable[[click.Command], click.Command]:
-    def add(command: click.Command) -> click.Command:
-        command.params.extend(options)
-        return command
-
-    return add
 
 
 @_add_options(_model_options(_RUN_ROLES, config=True))

@@ -47,6 +47,7 @@ ROLES = {
     "judge": Role("chat", "scores records (quality, judge-eval)", many=True),
     "embedder": Role("embedding", "embeds records (dedup, decontaminate, variety)"),
     "student": Role("chat", "the base model that `ab` fine-tunes on each arm and evaluates"),
+    "reader": Role("chat", "is read, frozen, for the hidden states a fitted scorer uses (judge-fit)"),
 }
 KINDS = ("chat", "embedding")
 _SOURCE_CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when lift-local runs from one

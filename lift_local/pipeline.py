@@ -62,6 +62,8 @@ def run(
         manifest.models = bench.identities(role for phase in active for role in phase.roles)
         # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
         decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
+        for phase in active:
+            phase.check(bench)
         upstream = _digest(manifest.input)
         current: list[Record] | None = records
         estimated = False  # once, after the first phase that asked a model for replies

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import models
-from .embed import Embedder
-from .errors import ParameterError
+from .embed import Embedder, model_identity
+from .errors import ModelError, ParameterError
+from .judge.features import HiddenSpec, HiddenStates
 from .llm import ChatModel, backend
 from .llm.cache import CachedChat
 from .params import Params, option
@@ -58,7 +59,7 @@ class Workbench:
     `sharded`: this is one of a cluster's replicas, storing into a shard of each cache (see store.py).
     """
 
-    _CACHES = ("replies", "embeddings")
+    _CACHES = ("replies", "embeddings", "features")
 
     def __init__(self, cache_dir: Path, models_config: ModelsConfig = ModelsConfig(), prompts: Mapping[str, str] = {},
                  sharded: bool = False):
@@ -69,6 +70,7 @@ class Workbench:
         self._stores: dict[str, Store | ShardedStore] = {}
         self._chats: dict[tuple[str, str | None], CachedChat] = {}
         self._embedder: Embedder | None = None
+        self._readers: dict[HiddenSpec, HiddenStates] = {}
 
     def chat(self, role: str) -> ChatModel:
         return self.chats(role)[0]
@@ -93,6 +95,20 @@ class Workbench:
                 folder, self._store("embeddings"), batch_size=self.models.embed_batch_size, device=self.models.device
             )
         return self._embedder
+
+    def reader(self, spec: HiddenSpec) -> HiddenStates:
+        """The hidden states of the model `spec.reader` (a registry name or folder; loaded on first use)."""
+        if spec not in self._readers:
+            folder = models.ensure_present(models.resolve("reader", spec.reader))
+            self._readers[spec] = HiddenStates(folder, spec, self._store("features"), device=self.models.device)
+        return self._readers[spec]
+
+    def digest(self, role: str, name: str | None) -> str:
+        """The digest of the weights of `role`'s model `name` (`embed.model_identity`), which a scorer pins."""
+        if models.ROLES[role].kind == "chat" and role != "reader" and self.models.server:
+            raise ModelError(f"the {role} {name or ''} is served at {self.models.server}: a scorer needs its weights here "
+                             "to pin them; use a model of the registry or a local folder")
+        return model_identity(models.ensure_present(models.resolve(role, name)))
 
     def prompt(self, name: str, requires: tuple[str, ...]) -> Prompt:
         return load_prompt(self.prompts.get(name, name), requires=requires)

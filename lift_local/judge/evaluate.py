@@ -110,13 +110,13 @@ def format_table(rows: Sequence[Row], reference: ScoreTable) -> str:
     lines = [
         f"agreement with {reference.source} ({reference.description}), best Spearman first; correlations with "
         "their 95% bootstrap interval",
-        f"{'score':<{width}} {'n':>4} {'Spearman':>18} {'Pearson':>18} {'Kendall':>18} {'top half':>9} "
+        f"{'score':<{width}} {'n':>4} {'Spearman':>19} {'Pearson':>19} {'Kendall':>19} {'top half':>9} "
         f"{'distinct':>9} {'failed':>7} {'s/100':>7}",
     ]
     for r in rows:
         a = r.agreement
         seconds = "" if r.seconds_per_100 is None else f"{r.seconds_per_100:.0f}"
-        correlations = " ".join(correlation_cell(a, statistic, 18) for statistic in ("spearman", "pearson", "kendall"))
+        correlations = " ".join(correlation_cell(a, statistic, 19) for statistic in ("spearman", "pearson", "kendall"))
         lines.append(
             f"{r.name:<{width}} {a.n:>4} {correlations} {_cell(a.top_overlap, 9)} {r.distinct:>9} {r.failures:>7} "
             f"{seconds:>7}"

@@ -35,6 +35,7 @@ from ..records import Record
 if TYPE_CHECKING:
     from ..embed import Embedder
     from ..figures import Plot
+    from ..judge.features import HiddenSpec, HiddenStates
     from ..llm import ChatModel
     from ..manifest import PhaseEntry, RunFolder
     from ..prompts import Prompt
@@ -63,6 +64,12 @@ class Kit(Protocol):
         """Every model of the role: one, or a jury of judges."""
 
     def embedder(self) -> Embedder: ...
+
+    def reader(self, spec: HiddenSpec) -> HiddenStates:
+        """A frozen model's hidden states, for a fitted scorer's features."""
+
+    def digest(self, role: str, name: str | None) -> str:
+        """The digest of a model's weights, which a fitted scorer pins."""
 
     def prompt(self, name: str, requires: tuple[str, ...]) -> Prompt: ...
 
@@ -178,6 +185,10 @@ class Phase:
 
     def prompt(self, kit: Kit, option: str = "prompt") -> Prompt:
         return kit.prompt(self.templates()[option], self.requires)
+
+    def check(self, kit: Kit) -> None:
+        """What can be checked before a run starts, besides the parameters: e.g. that the models a fitted scorer
+        reads with are here and the same. Raises a lift-local error; nothing to check by default."""
 
     def map(self, batch: list[Record], kit: Kit) -> list[Mapped]:
         raise NotImplementedError

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import figures
+from ..errors import InputError, ParameterError
 from ..figures import Plot
+from ..judge.features import feature_matrix
+from ..judge.fit import Scorer, file_digest
 from ..judge.protocol import (
     DIMENSIONS,
     Score,
@@ -74,6 +77,22 @@ class QualityParams(GenerationParams):
         "integer scores and agrees better with GPT-4 (docs/judges.md). --no-expected: the paper's integer "
         "rubric (the judge prompt), ranked by the values written.",
     )
+    scorer: str = option(
+        "", "Rank by a scorer fitted to reference scores (`lift-local judge-fit`; its JSON file) in place of the "
+        "judge's total: final quality = judge weight x its score + length weight x length score. The judge still "
+        "scores every record, and the records keep its scores.", metavar="FILE",
+    )
+    # What the scorer file held: a changed scorer re-runs the phase in `lift-local run`, and the manifest pins it.
+    scorer_sha256: str = dataclasses.field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scorer:
+            try:
+                Scorer.load(self.scorer)  # a file that is not a scorer fails now, not after expansion
+            except InputError as err:
+                raise ParameterError(type(self).__name__, "scorer", str(err)) from None
+            object.__setattr__(self, "scorer_sha256", file_digest(self.scorer))
 
     def count(self, records: int) -> int:
         """N for a data set of `records` records."""
@@ -82,10 +101,12 @@ class QualityParams(GenerationParams):
 
 @dataclasses.dataclass(frozen=True)
 class Judged:
-    """What `select` needs of a judged record: every judge's verdict (one, or a jury's) and its length."""
+    """What `select` needs of a judged record: every judge's verdict (one, or a jury's), its length and, with
+    a scorer, its fitted score."""
 
     verdicts: tuple[Verdict, ...]
     length: int
+    fitted: float | None = None
 
     @property
     def status(self) -> str:
@@ -153,13 +174,22 @@ class Quality(
     def templates(self) -> dict[str, str]:
         return {"prompt": "judge_digits" if self.params.expected else "judge"}
 
+    def check(self, kit: Kit) -> None:
+        if self.params.scorer:
+            Scorer.load(self.params.scorer).check_models(kit)
+
     def map(self, batch: list[Record], kit: Kit) -> list[Mapped]:
-        """Every judge (one, or each of a jury) scores every record."""
+        """Every judge (one, or each of a jury) scores every record; a scorer scores them from its features."""
         prompt = self.prompt(kit)
         by_judge = [judge_records(batch, judge, self.params, prompt) for judge in kit.chats("judge")]
+        verdicts = list(zip(*by_judge, strict=True))
+        fitted = [None] * len(batch)
+        if self.params.scorer:
+            scorer = Scorer.load(self.params.scorer)
+            fitted = scorer.score(feature_matrix(batch, verdicts, scorer.spec, kit)[0]).tolist()
         return [
-            Mapped(record.with_meta(**Verdict.to_meta(list(verdicts))), Judged(verdicts, record_length(record)))
-            for record, *verdicts in zip(batch, *by_judge, strict=True)
+            Mapped(record.with_meta(**Verdict.to_meta(list(judged))), Judged(judged, record_length(record), score))
+            for record, judged, score in zip(batch, verdicts, fitted, strict=True)
         ]
 
     def select(self, features: list[Judged]) -> Selection:
@@ -171,8 +201,13 @@ class Quality(
         failures = [i for i, f in enumerate(features) if f.status != "ok"]
         judges = len(features[0].verdicts) if features else 1
         totals = np.array([[v.ranking_total for v in features[i].verdicts] for i in ranked], dtype=float)
-        by = "jury" if judges > 1 else "judge"
-        judge_scores = jury_totals(totals) if by == "jury" and ranked else totals[:, 0] if ranked else []
+        by = "scorer" if params.scorer else "jury" if judges > 1 else "judge"
+        if not ranked:
+            judge_scores = []
+        elif by == "scorer":
+            judge_scores = [features[i].fitted for i in ranked]
+        else:
+            judge_scores = jury_totals(totals) if by == "jury" else totals[:, 0]
         meta = {}
         for i, judge_score in zip(ranked, judge_scores):
             length = length_score(features[i].length, threshold)
@@ -193,7 +228,7 @@ class Quality(
         if judges > 1:
             summaries += [Summary.of(f"judge {k + 1}", 100, [features[i].verdicts[k].ranking_total for i in ranked])
                           for k in range(judges)]
-        summaries.append(Summary.of("jury" if judges > 1 else "total", 100, totals))
+        summaries.append(Summary.of(by if by != "judge" else "total", 100, totals))
         best = 100 * (params.judge_weight + params.length_weight)
         summaries.append(Summary.of("quality", best, [meta[i]["quality"] for i in ranked]))
         uniform = uniformity_warnings(totals)

@@ -1,0 +1,239 @@
+"""What a fitted scorer reads of a record (`FeatureSpec`): the judge's per-dimension expected scores, the
+record's length, the hidden states of a frozen open model over the question and answer, and the embedder's
+vectors of both.
+
+Hidden states are a reward head's input: one forward pass of a causal LM over the chat template (the question
+as the user's turn, the answer as the assistant's), no generation, pooled over the tokens at one layer. A
+middle layer carries more of what a reference judge rewards than the last (docs/judges.md), and a model cut
+after that layer computes the same states for a fraction of the cost, so `HiddenStates` loads only the
+layers it reads. Every feature vector is cached like an embedding: a run started again computes none twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import console
+from ..embed import model_identity
+from ..errors import InputError
+from .protocol import DIMENSIONS, Verdict
+
+if TYPE_CHECKING:
+    from ..embed import Embedder
+    from ..records import Record
+    from ..store import Store
+
+Pooling = Literal["mean", "answer", "last"]
+POOLINGS: tuple[Pooling, ...] = ("mean", "answer", "last")
+KINDS = ("judge", "length", "hidden", "embedder")  # the feature sets, in the order of a scorer's columns
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenSpec:
+    """Which hidden states: the reader model's layer `layer` (1 = the first decoder layer's output),
+    pooled `pooling` ("mean": over every token; "answer": over the answer's; "last": the last token), over at
+    most `max_tokens` tokens (the answer is cut, the question kept)."""
+
+    reader: str
+    layer: int
+    pooling: Pooling = "mean"
+    max_tokens: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """The features a scorer reads, each optional: the expected per-dimension scores of the `judges`, the
+    `length` (log characters of question and of answer), `hidden` states, the `embedder`'s vectors."""
+
+    judges: tuple[str, ...] = ()
+    length: bool = False
+    hidden: HiddenSpec | None = None
+    embedder: str | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        given = {"judge": bool(self.judges), "length": self.length, "hidden": self.hidden is not None,
+                 "embedder": self.embedder is not None}
+        return [kind for kind in KINDS if given[kind]]
+
+
+
+def judge_features(verdicts: Sequence[Sequence[Verdict]]) -> np.ndarray:
+    """(records x judges*4) expected dimension scores in points; NaN where a judge gave no valid verdict."""
+    rows = []
+    for record_verdicts in verdicts:
+        row = []
+        for verdict in record_verdicts:
+            scores = (verdict.expected or verdict.scores) if verdict.ok else None
+            row += [scores[dim] if scores else math.nan for dim in DIMENSIONS]
+        rows.append(row)
+    return np.array(rows, dtype=float).reshape(len(verdicts), -1)
+
+
+def length_features(records: Sequence[Record]) -> np.ndarray:
+    """log(1 + characters) of each record's question (instruction and input) and answer."""
+    return np.log1p([[len(r.instruction) + len(r.input), len(r.output)] for r in records])
+
+
+def embedding_features(records: Sequence[Record], embedder: Embedder) -> np.ndarray:
+    """The question's and the answer's embeddings, their elementwise product and their cosine."""
+    questions = embedder.embed([question(r) for r in records])
+    answers = embedder.embed([r.output for r in records])
+    unit_q = questions / np.maximum(np.linalg.norm(questions, axis=1, keepdims=True), 1e-12)
+    unit_a = answers / np.maximum(np.linalg.norm(answers, axis=1, keepdims=True), 1e-12)
+    cosine = np.sum(unit_q * unit_a, axis=1, keepdims=True)
+    return np.hstack([questions, answers, questions * answers, cosine])
+
+
+def question(record: Record) -> str:
+    return f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
+
+
+class HiddenStates:
+    """A frozen causal LM read at one layer (`HiddenSpec`), one forward pass per record, behind a cache.
+
+    Records go in batches sorted by length (less padding), padded on the right so that every real token sits
+    where it would unbatched; pooling counts real tokens only. The model is cut after the layer read (the
+    layers above it are never loaded) and its last state is the raw layer output, not the final norm's, so
+    the features equal the full model's at that layer. float32 on CPU, where bfloat16 is slower; bfloat16 on
+    a GPU.
+    """
+
+    def __init__(self, folder: Path, spec: HiddenSpec, store: Store | None = None, batch_size: int = 8,
+                 device: str | None = None):
+        self.folder, self.spec, self.store, self.batch_size = Path(folder), spec, store, batch_size
+        self.device = device
+        self.identity = model_identity(self.folder)
+        self._model: Any = None
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            import torch
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+            config = AutoConfig.from_pretrained(self.folder)
+            if not 1 <= self.spec.layer <= config.num_hidden_layers:
+                raise InputError(self.folder, None, f"has layers 1-{config.num_hidden_layers}; layer {self.spec.layer} "
+                                                    "was asked for")
+            config.num_hidden_layers = self.spec.layer
+            if getattr(config, "layer_types", None):
+                config.layer_types = config.layer_types[: self.spec.layer]
+            config.tie_last_hidden_states = False  # the last state is the layer's own, not the final norm's
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            model = AutoModelForCausalLM.from_pretrained(self.folder, config=config, dtype=dtype).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(self.folder)
+            self._model = (tokenizer, model)
+        return self._model
+
+    def features(self, records: Sequence[Record]) -> np.ndarray:
+        """(records x hidden size) float32 features, computed only for records not in the cache."""
+        keys = [self._key(r) for r in records]
+        found = self.store.get_many(keys) if self.store is not None else {}
+        missing = {key: record for key, record in zip(keys, records) if key not in found}
+        if missing:
+            found.update(self._compute(missing))
+        return np.stack([np.frombuffer(found[key], dtype=np.float32) for key in keys]) if keys else np.empty((0, 0))
+
+    def _key(self, record: Record) -> str:
+        spec = self.spec
+        text = f"{self.identity}\x1f{spec.layer}\x1f{spec.pooling}\x1f{spec.max_tokens}\x1f{question(record)}\x1f{record.output}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _compute(self, missing: dict[str, Record]) -> dict[str, bytes]:
+        import torch
+
+        tokenizer, model = self._load()
+        encoded = {key: encode(tokenizer, question(r), r.output, self.spec.max_tokens) for key, r in missing.items()}
+        keys = sorted(encoded, key=lambda key: len(encoded[key][0]))
+        computed: dict[str, bytes] = {}
+        with tqdm(total=len(keys), desc=f"hidden states ({Path(self.folder).name})", unit="record",
+                  file=console.stderr(), dynamic_ncols=True) as bar, torch.inference_mode():
+            for start in range(0, len(keys), self.batch_size):
+                batch = keys[start:start + self.batch_size]
+                pooled = self._forward(model, tokenizer.pad_token_id or 0, [encoded[key] for key in batch])
+                values = {key: vector.astype(np.float32).tobytes() for key, vector in zip(batch, pooled)}
+                if self.store is not None:
+                    self.store.put_many(values)
+                computed.update(values)
+                bar.update(len(batch))
+        return computed
+
+    def _forward(self, model: Any, pad: int, batch: list[tuple[list[int], int, int]]) -> np.ndarray:
+        import torch
+
+        width = max(len(tokens) for tokens, _, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        weights = torch.zeros((len(batch), width), dtype=torch.float32)
+        for row, (tokens, start, end) in enumerate(batch):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+            if self.spec.pooling == "mean" or end == start:  # an empty answer: its question's tokens
+                weights[row, : len(tokens)] = 1
+            elif self.spec.pooling == "answer":
+                weights[row, start:end] = 1
+            else:
+                weights[row, len(tokens) - 1] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        layer = states[self.spec.layer].float().cpu()
+        weights = weights.unsqueeze(-1)
+        return ((layer * weights).sum(1) / weights.sum(1)).numpy()
+
+
+def encode(tokenizer: Any, question: str, answer: str, max_tokens: int) -> tuple[list[int], int, int]:
+    """The chat's token ids (the question as the user's turn, the answer as the assistant's) and where the
+    answer's tokens are, [start, end); the answer is cut so that the whole fits in `max_tokens`."""
+    user = [{"role": "user", "content": question}]
+    prefix = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}], tokenize=False)
+    begin = chat.find(answer, len(prefix) - 1) if answer else len(prefix)
+    end = begin + len(answer)
+    encoded = tokenizer(chat, add_special_tokens=False, return_offsets_mapping=True)
+    head, body, tail = [], [], []
+    for token, (offset, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        (head if offset < begin else body if offset < end else tail).append(token)
+    room = max(max_tokens - len(head) - len(tail), 0)
+    return head + body[:room] + tail, len(head), len(head) + min(len(body), room)
+
+
+def feature_matrix(records: Sequence[Record], verdicts: Sequence[Sequence[Verdict]], spec: FeatureSpec,
+                   kit: Any) -> tuple[np.ndarray, list[str]]:
+    """Every feature of `spec` for `records`, and the name of each column; `verdicts[i]` are record i's
+    verdicts by `spec.judges`, in their order; `kit` gives the reader and the embedder."""
+    parts: list[tuple[np.ndarray, list[str]]] = []
+    if spec.judges:
+        parts.append((judge_features(verdicts), [f"judge {j}: {dim}" for j in spec.judges for dim in DIMENSIONS]))
+    if spec.length:
+        parts.append((length_features(records), ["log question characters", "log answer characters"]))
+    if spec.hidden:
+        states = kit.reader(spec.hidden).features(records)
+        parts.append((states, [f"hidden {i}" for i in range(states.shape[1])]))
+    if spec.embedder:
+        vectors = embedding_features(records, kit.embedder())
+        size = (vectors.shape[1] - 1) // 3
+        names = [f"{part} {i}" for part in ("question", "answer", "product") for i in range(size)]
+        parts.append((vectors, [*names, "question-answer cosine"]))
+    return np.hstack([matrix for matrix, _ in parts]), [name for _, names in parts for name in names]
+
+
+def model_digests(spec: FeatureSpec, kit: Any) -> dict[str, dict[str, str]]:
+    """The digest of each model's weights that `spec` reads with, as `kit` has them (the embedder: the one it
+    embeds with, whatever its name)."""
+    found = {}
+    if spec.judges:
+        found["judge"] = {name: kit.digest("judge", name) for name in spec.judges}
+    if spec.hidden:
+        found["reader"] = {spec.hidden.reader: kit.digest("reader", spec.hidden.reader)}
+    if spec.embedder:
+        found["embedder"] = {spec.embedder: kit.embedder().identity}
+    return found
