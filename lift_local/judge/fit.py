@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ INNER_FOLDS = 4
 
 def spearman_score(estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
     """How the inner cross-validation picks the penalty: what the selection needs is the reference's order."""
-    value = stats.spearmanr(estimator.predict(X), y).statistic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)  # a penalty so high every score is equal
+        value = stats.spearmanr(estimator.predict(X), y).statistic
     return -1.0 if math.isnan(value) else float(value)
 
 
@@ -87,10 +90,15 @@ def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> Any:
     return search.fit(X, y, groups=groups).best_estimator_
 
 
+def splits(groups: np.ndarray, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) positions of each fold: every group (instruction) wholly on one side."""
+    return list(GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(groups, groups=groups))
+
+
 def out_of_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     """Each record's prediction by a scorer fitted on the folds without its instruction."""
     predictions = np.empty(len(y), dtype=float)
-    for train, test in GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y, groups):
+    for train, test in splits(groups, folds, seed):
         predictions[test] = fit(X[train], y[train], groups[train], seed).predict(X[test])
     return predictions
 
