@@ -533,8 +533,9 @@ _RUN_ROLES = tuple(role for role in models.ROLES if any(role in cls.roles for cl
               help="Reply and embedding caches. [default: OUT/cache]")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run the per-record work (LLM and embedding calls) on a Ray cluster: alone, the cluster this "
-              "machine belongs to (RAY_ADDRESS, `ray start`); or HOST:PORT, ray://HOST:10001, or 'local' for a "
-              "new one on this machine. Outputs are the same as without it. See docs/ray.md. [default: this process]")
+              "machine belongs to (RAY_ADDRESS, `ray start`), or else a new one on this machine, as ray.init() "
+              "does (the run says which); or HOST:PORT, ray://HOST:10001, or 'local' for a new one on this "
+              "machine. Outputs are the same as without it. See docs/ray.md. [default: this process]")
 @click.option("--replicas", type=int,
               help="With --ray: how many replicas (each one engine, or one embedder) work at once. [default: 1]")
 @click.option(*_FIELD[0], **_FIELD[1])

@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from tqdm import tqdm
+
 LOG_NAME = "lift-local.log"
 
 _terminal: dict[int, TextIO] = {}  # fd -> lift-local's own stream for what that fd showed before
@@ -102,3 +104,25 @@ def _copy(stream: TextIO, fd: int) -> TextIO:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         return stream
     return open(os.dup(fd), "w", buffering=1, encoding=stream.encoding, errors="backslashreplace")
+
+
+class Progress(tqdm):
+    """A progress bar on lift-local's terminal, with rate and time left. Its clock starts when the first item
+    is done: starting an engine or loading a model takes time that is not the rate of the work, and would make
+    the first time-left figure wild (hours for a minute's work); until then it shows none."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int = 0, disable: bool = False):
+        super().__init__(total=total, desc=desc, unit=unit, initial=initial, file=stderr(), dynamic_ncols=True,
+                         disable=disable)
+        self._timing = False
+
+    def update(self, n: float = 1) -> bool | None:
+        if self._timing or self.disable:
+            return super().update(n)
+        self._timing = True
+        self.n += n
+        # The clock, the rate's memory and its count of items start here: only what is done from now on is timed.
+        self.start_t = self.last_print_t = self._time()
+        self.initial = self.last_print_n = self.n
+        self.refresh()
+        return True

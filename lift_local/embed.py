@@ -7,12 +7,11 @@ found again in any later run, on any machine that shares the cache file.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lift_local import console
 from lift_local.store import Store
@@ -80,45 +79,39 @@ class Embedder:
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of `texts` as float32 (len(texts), dimension), in the order given."""
-        if not texts:
-            return np.empty((0, self.model.get_embedding_dimension()), dtype=np.float32)
-        keys = [self._key(text) for text in texts]
-        found = self.store.get_many(keys) if self.store is not None else {}
-        missing = {key: text for key, text in zip(keys, texts) if key not in found}  # also removes repeats
-        if missing:
-            found.update(self._encode(missing))
-        dimension = len(found[keys[0]]) // 4
-        embeddings = np.empty((len(keys), dimension), dtype=np.float32)
-        for row, key in zip(embeddings, keys):
-            row[:] = np.frombuffer(found[key], dtype=np.float32)
-        return embeddings
-
-    def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.identity}\x1f{text}".encode()).hexdigest()
-
-    def _encode(self, missing: dict[str, str]) -> dict[str, bytes]:
-        """Run the model on the missing texts, storing each chunk as soon as it is done.
+        """Embeddings of `texts` as float32 (len(texts), dimension), in the order given.
 
         Texts go longest first, as sentence-transformers orders them within one call; sorting all of them
         before chunking gives every batch the same padding a single `encode` call would.
         """
-        keys = sorted(missing, key=lambda key: len(missing[key]), reverse=True)
-        chunk_size = self.batch_size * _BATCHES_PER_CHUNK
-        model = self.model  # load before the progress bar starts
-        encoded: dict[str, bytes] = {}
-        with tqdm(total=len(keys), desc="embedding", unit="text", file=console.stderr(), dynamic_ncols=True) as progress:
-            for start in range(0, len(keys), chunk_size):
-                chunk = keys[start : start + chunk_size]
-                vectors = model.encode(
-                    [missing[key] for key in chunk],
-                    batch_size=self.batch_size,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-                values = {key: vector.astype(np.float32).tobytes() for key, vector in zip(chunk, vectors)}
-                if self.store is not None:
-                    self.store.put_many(values)
-                encoded.update(values)
-                progress.update(len(chunk))
-        return encoded
+        if not texts:
+            return np.empty((0, self.model.get_embedding_dimension()), dtype=np.float32)
+        keyed = {self._key(text): text for text in texts}
+
+        def encode(keys: list[str]) -> np.ndarray:
+            return self.model.encode([keyed[key] for key in keys], batch_size=self.batch_size, convert_to_numpy=True,
+                                     show_progress_bar=False)
+
+        return cached_vectors(list(map(self._key, texts)), self.store, encode, self.batch_size * _BATCHES_PER_CHUNK,
+                              order=lambda key: -len(keyed[key]), desc="embedding", unit="text")
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha256(f"{self.identity}\x1f{text}".encode()).hexdigest()
+
+
+def cached_vectors(keys: list[str], store: Store | None, compute: Callable[[list[str]], np.ndarray], chunk: int, *,
+                   order: Callable[[str], Any], desc: str, unit: str) -> np.ndarray:
+    """float32 vectors for `keys`, in their order, each computed at most once: those in `store` are read; the
+    others, once each, go to `compute` a chunk at a time sorted by `order`, and each chunk is stored as soon as
+    it is made, so an interrupted run keeps all but the chunk in hand. Shows a progress bar."""
+    found = store.get_many(keys) if store is not None else {}
+    missing = sorted({key for key in keys if key not in found}, key=order)
+    with console.Progress(len(missing), desc, unit, disable=not missing) as progress:
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            values = {key: vector.astype(np.float32).tobytes() for key, vector in zip(part, compute(part))}
+            if store is not None:
+                store.put_many(values)
+            found.update(values)
+            progress.update(len(part))
+    return np.stack([np.frombuffer(found[key], dtype=np.float32) for key in keys])

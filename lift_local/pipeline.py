@@ -49,7 +49,7 @@ def run(
     the phases' per-record work runs on that Ray cluster; everything else, and every file, is the same.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    with executor_for(config.cluster, bench) as executor:
+    with executor_for(config.cluster, bench, echo) as executor:
         records = sample(executor.hold(iter_records(input_path, fields)), limit, seed)
         manifest = Manifest.load(out_dir, missing_ok=True)
         old_phases, manifest.phases = manifest.phases, {}
@@ -112,13 +112,14 @@ def run(
     return manifest
 
 
-def executor_for(cluster: ClusterConfig, bench: Workbench) -> contextlib.AbstractContextManager[Executor]:
+def executor_for(cluster: ClusterConfig, bench: Workbench,
+                 echo: Callable[[str], None] = print) -> contextlib.AbstractContextManager[Executor]:
     """Where the phases' `map` runs: this process, or the Ray cluster `cluster.ray` names."""
     if cluster.ray is None:
         return contextlib.nullcontext(Local(bench))
     from .ray_executor import RayExecutor  # Ray is an optional extra, imported only when asked for
 
-    return RayExecutor(cluster, bench)
+    return RayExecutor(cluster, bench, echo)
 
 
 def sample(records: list[Record], limit: int | None, seed: int) -> list[Record]:

@@ -35,7 +35,7 @@ import signal
 import threading
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,37 @@ class StagedRecord:
         return dataclasses.replace(self, meta={**self.meta, **meta})
 
     def load(self) -> Record:
-        with open(self.path, "rb") as file:
-            file.seek(self.offset)
-            record = pickle.loads(file.read(self.size))
+        file = _STAGING_FILES.open(self.path)
+        file.seek(self.offset)
+        record = pickle.loads(file.read(self.size))
         return record.with_meta(**self.meta) if self.meta else record
 
     def to_json(self) -> dict[str, Any]:
         return self.load().to_json()
+
+
+class _OpenFiles:
+    """Staging files kept open while their records are read, the most recent few: a writer reads a file's
+    records in order, so a million records open a few hundred files, not a million."""
+
+    def __init__(self, most: int = 16):
+        self.most = most
+        self.files: dict[str, Any] = {}
+
+    def open(self, path: str) -> Any:
+        if path not in self.files:
+            if len(self.files) >= self.most:
+                self.files.pop(next(iter(self.files))).close()  # the least recently opened
+            self.files[path] = open(path, "rb")  # noqa: SIM115 (closed on eviction or by close_all)
+        return self.files[path]
+
+    def close_all(self) -> None:
+        for file in self.files.values():
+            file.close()
+        self.files.clear()
+
+
+_STAGING_FILES = _OpenFiles()
 
 
 def stage(records: list[Record], folder: Path) -> list[StagedRecord]:
@@ -122,9 +146,10 @@ class RayExecutor:
     """Runs `map` on the Ray cluster at `config.ray`, connecting on the first call; a context manager that
     disconnects at its end. `bench` is the driver's Workbench: replicas build theirs from it."""
 
-    def __init__(self, config: ClusterConfig, bench: Workbench):
+    def __init__(self, config: ClusterConfig, bench: Workbench, echo: Callable[[str], None] = print):
         self.config = config
         self.bench = bench
+        self.echo = echo
         self._connected = False
 
     def __enter__(self) -> RayExecutor:
@@ -136,6 +161,7 @@ class RayExecutor:
             self._connected = False
         # What the records a run passed on were; its outputs are written by now (or it failed, and the
         # next run maps again, from its stored replies).
+        _STAGING_FILES.close_all()
         shutil.rmtree(self.bench.cache_dir / STAGED, ignore_errors=True)
 
     def hold(self, records: Iterable[Record]) -> list[StagedRecord]:
@@ -192,19 +218,33 @@ class RayExecutor:
         # restarts ("constructor arguments in the object store"); a failure that matters raises anyway.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own; lift-local's unwinds the same way
+        settings = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"env_vars": _OFFLINE})
         try:
-            ray.init(address=self.config.ray, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": _OFFLINE}, **options)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            # A token that is not the cluster's looks like an unreachable cluster (Ray logs the cause).
-            raise ClusterError(f"cannot reach the Ray cluster at {self.config.ray!r}: {err}. Is it running, and does "
-                               "this command have its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; docs/ray.md)?") from None
+            ray.init(address=self.config.ray, **settings, **options)
+            joined = "joined the new cluster on this machine" if self.config.ray == "local" else \
+                f"joined the cluster at {self.config.ray}"
+        except ConnectionError as err:
+            if self.config.ray != "auto":
+                raise self._unreachable(err) from None
+            # As ray.init() does alone: no cluster runs where this machine would join one, so start one here.
+            ray.init(**settings, include_dashboard=False)
+            joined = "no Ray cluster was running: started one on this machine"
+        except (RuntimeError, ValueError) as err:
+            raise self._unreachable(err) from None
+        resources = ray.cluster_resources()
+        self.echo(f"Ray: {joined} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)")
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_sigterm)
         for handler in logging.getLogger("ray.data").handlers:  # its file in the session's logs keeps everything
             if type(handler).__name__ != "SessionFileHandler":
                 handler.setLevel(logging.WARNING)
         self._connected = True
+
+
+    def _unreachable(self, error: Exception) -> ClusterError:
+        # A token that is not the cluster's looks like an unreachable cluster (Ray logs the cause).
+        return ClusterError(f"cannot reach the Ray cluster at {self.config.ray!r}: {error}. Is it running, and does "
+                            "this command have its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; docs/ray.md)?")
 
 
 def _record(item: Record | StagedRecord) -> Record:

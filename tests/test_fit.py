@@ -12,9 +12,9 @@ from fakes import FakeChat, json_reply
 
 from lift_local.cli import main
 from lift_local.errors import InputError, ModelError
+from lift_local.judge.agreement import ScoreTable
 from lift_local.judge.features import FeatureSpec, HiddenSpec
 from lift_local.judge.fit import ALPHAS, FitParams, Sample, Scorer, evaluate, fit, splits
-from lift_local.judge.agreement import ScoreTable
 from lift_local.records import Record, read_records
 
 

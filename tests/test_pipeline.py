@@ -15,7 +15,7 @@ from fakes import FakeChat, FakeChatInterrupted, json_reply, last_user_message
 
 from lift_local.cli import main
 from lift_local.config import ClusterConfig, load_config
-from lift_local.errors import ConfigError
+from lift_local.errors import ClusterError, ConfigError
 from lift_local.phases import Local
 from lift_local.prompts import load_prompt
 from lift_local.records import read_records
@@ -233,7 +233,7 @@ def test_cluster_settings_come_from_the_run_section_and_the_command_line(tmp_pat
 def test_ray_option_alone_means_the_cluster_of_this_machine(tmp_path, sample, run, monkeypatch):
     chosen = []
 
-    def executor_for(cluster, bench):
+    def executor_for(cluster, bench, echo):
         chosen.append(cluster)
         return contextlib.nullcontext(Local(bench))
 
@@ -252,3 +252,28 @@ def test_run_takes_a_jury_from_the_command_line_or_the_config(tmp_path, sample, 
     assert scored and all([v["model"] for v in r.meta["judges"]] == folders for r in scored)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["models"]["judge"] == " + ".join(folders)
     assert load_config(overrides=["models.judge=['a', 'b']"]).models.chosen("judge") == ("a", "b")
+
+
+@pytest.mark.slow  # imports Ray
+def test_ray_alone_starts_a_cluster_on_this_machine_where_none_runs_and_says_so(monkeypatch, tmp_path):
+    """As ray.init() does: join the cluster this machine belongs to, or else start one (Ray itself stands in
+    here: the real clusters are in test_ray.py)."""
+    import ray
+
+    from lift_local.ray_executor import RayExecutor
+    from lift_local.workbench import Workbench
+
+    calls, said = [], []
+
+    def init(address=None, **options):  # no cluster runs anywhere: only a new one can be started
+        calls.append(address)
+        if address is not None:
+            raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    RayExecutor(ClusterConfig(ray="auto"), Workbench(tmp_path), said.append).connect()
+    assert calls == ["auto", None]
+    assert said == ["Ray: no Ray cluster was running: started one on this machine (2 CPUs, 0 GPUs)"]
+    with pytest.raises(ClusterError, match="cannot reach the Ray cluster at '10.0.0.5:6379'"):
+        RayExecutor(ClusterConfig(ray="10.0.0.5:6379"), Workbench(tmp_path), said.append).connect()

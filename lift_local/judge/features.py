@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
-from .. import console
-from ..embed import model_identity
+from ..embed import cached_vectors, model_identity
 from ..errors import InputError
 from .protocol import DIMENSIONS, Verdict
 
@@ -135,37 +133,24 @@ class HiddenStates:
         return self._model
 
     def features(self, records: Sequence[Record]) -> np.ndarray:
-        """(records x hidden size) float32 features, computed only for records not in the cache."""
-        keys = [self._key(r) for r in records]
-        found = self.store.get_many(keys) if self.store is not None else {}
-        missing = {key: record for key, record in zip(keys, records) if key not in found}
-        if missing:
-            found.update(self._compute(missing))
-        return np.stack([np.frombuffer(found[key], dtype=np.float32) for key in keys]) if keys else np.empty((0, 0))
+        """(records x hidden size) float32 features, computed only for records not in the cache, shortest
+        first (so a batch pads little)."""
+        keyed = {self._key(r): r for r in records}
+
+        def compute(keys: list[str]) -> np.ndarray:
+            tokenizer, model = self._load()
+            chats = [encode(tokenizer, question(keyed[key]), keyed[key].output, self.spec.max_tokens) for key in keys]
+            return self._forward(model, tokenizer.pad_token_id or 0, chats)
+
+        return cached_vectors([self._key(r) for r in records], self.store, compute, self.batch_size,
+                              order=lambda key: len(question(keyed[key])) + len(keyed[key].output),
+                              desc=f"hidden states ({self.folder.name})", unit="record")
 
     def _key(self, record: Record) -> str:
         spec = self.spec
-        text = f"{self.identity}\x1f{spec.layer}\x1f{spec.pooling}\x1f{spec.max_tokens}\x1f{question(record)}\x1f{record.output}"
+        text = "\x1f".join(map(str, (self.identity, spec.layer, spec.pooling, spec.max_tokens, question(record),
+                                      record.output)))
         return hashlib.sha256(text.encode()).hexdigest()
-
-    def _compute(self, missing: dict[str, Record]) -> dict[str, bytes]:
-        import torch
-
-        tokenizer, model = self._load()
-        encoded = {key: encode(tokenizer, question(r), r.output, self.spec.max_tokens) for key, r in missing.items()}
-        keys = sorted(encoded, key=lambda key: len(encoded[key][0]))
-        computed: dict[str, bytes] = {}
-        with tqdm(total=len(keys), desc=f"hidden states ({Path(self.folder).name})", unit="record",
-                  file=console.stderr(), dynamic_ncols=True) as bar, torch.inference_mode():
-            for start in range(0, len(keys), self.batch_size):
-                batch = keys[start:start + self.batch_size]
-                pooled = self._forward(model, tokenizer.pad_token_id or 0, [encoded[key] for key in batch])
-                values = {key: vector.astype(np.float32).tobytes() for key, vector in zip(batch, pooled)}
-                if self.store is not None:
-                    self.store.put_many(values)
-                computed.update(values)
-                bar.update(len(batch))
-        return computed
 
     def _forward(self, model: Any, pad: int, batch: list[tuple[list[int], int, int]]) -> np.ndarray:
         import torch
@@ -184,7 +169,8 @@ class HiddenStates:
             else:
                 weights[row, len(tokens) - 1] = 1
         ids, mask = ids.to(model.device), mask.to(model.device)
-        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        with torch.inference_mode():
+            states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
         layer = states[self.spec.layer].float().cpu()
         weights = weights.unsqueeze(-1)
         return ((layer * weights).sum(1) / weights.sum(1)).numpy()

@@ -9,8 +9,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tqdm import tqdm
-
 from .. import console
 from ..errors import BackendError
 from ..store import Store
@@ -59,10 +57,8 @@ class CachedChat:
                 uncommitted.clear()
             last_commit = time.monotonic()
 
-        with tqdm(
-            total=len(keys), initial=len(keys) - sum(map(len, positions.values())), desc=label or self.name,
-            unit="reply", file=console.stderr(), dynamic_ncols=True,
-        ) as bar:
+        with console.Progress(len(keys), label or self.name, "reply",
+                              initial=len(keys) - sum(map(len, positions.values()))) as bar:
 
             def finished(j: int, reply: Reply) -> None:
                 self.asked += 1
