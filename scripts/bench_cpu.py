@@ -34,14 +34,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import clean_environment, load, machine
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lift_local, whichever one the environment installed
 
 DATA = ROOT / "lift_local" / "data" / "code_alpaca_sample.json"
 WARM_UP = 4  # records through each prompt before timing
-# Removed from every child's environment, so that only the configuration decides them.
-MANAGED_PREFIXES = ("VLLM_CPU_", "OMP_", "KMP_", "GOMP_")
-MANAGED = ("LD_PRELOAD",)
 
 
 def _cpus() -> str:
@@ -205,7 +204,7 @@ class Runs:
 
 
 def run_child(name: str, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in MANAGED and not k.startswith(MANAGED_PREFIXES)}
+    env = clean_environment()
     env.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
@@ -216,19 +215,6 @@ def run_child(name: str, args) -> dict:
             sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
             raise SystemExit(f"configuration {name!r} failed (exit {done.returncode})")
         return json.loads(result.read_text())
-
-
-def load() -> str:
-    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return f"{os.cpu_count()} CPUs ({model}, {isa}), {memory:.0f} GiB RAM, no GPU, shared with other work"
 
 
 def versions() -> str:
@@ -256,7 +242,7 @@ def report(args, started, loads, runs: dict[str, Runs]) -> str:
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} (machine's local time); load average (1 / 5 / 15 min): "
         + "; ".join(f"{when} {value}" for when, value in loads.items()),
-        f"- Machine: {machine()}; Python {platform.python_version()}, {versions()}",
+        f"- Machine: {machine()}, no GPU, shared with other work; Python {platform.python_version()}, {versions()}",
         f"- Preload libraries found: {', '.join(preload_libraries()) or 'none'}",
         "- Model: the rewriter role's `smollm2-135m-instruct` (SmolLM2-135M-Instruct; bfloat16 weights, "
         "run in the dtype each configuration gives)",

@@ -31,13 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import clean_environment, cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lift_local, for the figure
 DEMO = ["run", "lift_local/data/code_alpaca_sample.json", "--config", "scripts/demo.toml"]
 # `-c` puts the working folder first on sys.path: each side imports the lift_local of its own code.
 LIFT_LOCAL = [sys.executable, "-c", "from lift_local.cli import main; main()"]
-MANAGED_PREFIXES = ("VLLM_", "OMP_", "KMP_", "GOMP_")
-MANAGED = ("LD_PRELOAD",)
 
 
 def extract(revision: str, folder: Path) -> None:
@@ -55,8 +55,7 @@ def describe(revision: str) -> str:
 
 def demo(code: Path, out: Path, log: Path, limit: int | None) -> dict:
     """One demo run of the code in `code` into `out`; its wall time and the manifest's phases."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(MANAGED_PREFIXES) and key not in MANAGED}
+    env = clean_environment()
     started = time.perf_counter()
     with open(log, "w") as output:
         done = subprocess.run([*LIFT_LOCAL, *DEMO, "--out", str(out), *(["--limit", str(limit)] if limit else [])],
@@ -109,7 +108,7 @@ def main() -> None:
     phase_rows = "\n".join(f"| {phase} | {cell('baseline', phase)} | {cell('this checkout', phase)} |" for phase in phases)
     figure_path = args.out.with_suffix(".png")
     plot(runs, phases, figure_path)
-    flags = [flag for flag in ("avx512f", "avx512_bf16", "amx_tile", "avx2") if flag in _cpu_flags()]
+    flags = [flag for flag in ("avx512f", "avx512_bf16", "amx_tile", "avx2") if flag in cpu_flags()]
     command = "scripts/bench_demo.py " + shlex.join(sys.argv[1:])
     load = " / ".join(f"{x:.1f}" for x in load_before) + " before, " + " / ".join(f"{x:.1f}" for x in load_after) + " after"
     report = f"""# The demo against an earlier release, on one machine
@@ -136,14 +135,6 @@ Each phase (first run; seconds from the run's manifest, records in → out):
 """
     args.out.write_text(report, encoding="utf-8")
     print(report)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")), "").split())
 
 
 def plot(runs: dict[str, list[dict]], phases: list[str], path: Path) -> None:

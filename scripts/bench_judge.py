@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchlib import load, machine
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "code_alpaca_2k.json"  # the shared data beside the checkout
 WARM_UP = 64  # records judged on each engine before any timing (with fewer, the first timed run is slower)
@@ -203,18 +205,6 @@ def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: 
     )
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def load() -> str:
-    """The load average over 1 / 5 / 15 minutes, as `uptime` shows it."""
-    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def versions() -> str:
     from importlib.metadata import version
 
@@ -239,7 +229,7 @@ def report(args, started: datetime.datetime, loads: dict[str, str], on: EngineRe
         "Written by `scripts/bench_judge.py`; its docstring says what each side does.",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} (machine's local time)",
-        f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), shared with other work. "
+        f"- Machine: {machine()}, shared with other work. "
         "Load average (1 / 5 / 15 min): " + "; ".join(f"{when} {value}" for when, value in loads.items()),
         f"- Versions: {versions()}, Python {platform.python_version()}",
         "- Model: the judge role's `smollm2-135m-instruct` (SmolLM2-135M-Instruct), bfloat16 safetensors "
