@@ -361,7 +361,7 @@ def judge_eval_command(reference, judges, scorers, reference_field, reference_sc
     ranking_tables = []  # each judge's ranking total (expected, else written), for the jury
     for name in judges:
         _say(f"judging {len(records)} records with {name}")
-        outcome, seconds = _judged(records, QualityParams(expected=expected, top=len(records)),
+        outcome, seconds = _judged(records, _params(QualityParams, expected=expected, top=len(records)),
                                    ModelsConfig(roles={"judge": (name,)}, server=server), cache_dir, log)
         tables = judge_eval.judge_tables(name, outcome.side["scores"])
         failures = len(tables[0][1].unscored)
@@ -378,7 +378,7 @@ def judge_eval_command(reference, judges, scorers, reference_field, reference_sc
         _say(f"scoring {len(records)} records with the scorer {path}")
         spec = Scorer.load(path).spec
         chosen = {"judge": spec.judges, "embedder": (spec.embedder,) if spec.embedder else ()}
-        outcome, seconds = _judged(records, QualityParams(top=len(records), scorer=str(path)),
+        outcome, seconds = _judged(records, _params(QualityParams, top=len(records), scorer=str(path)),
                                    ModelsConfig(roles={role: names for role, names in chosen.items() if names}),
                                    cache_dir, log)
         label, table = judge_eval.scorer_table(path.name, outcome.side["scores"])
@@ -397,7 +397,7 @@ def judge_eval_command(reference, judges, scorers, reference_field, reference_sc
 
 def _judged(records: list, params: QualityParams, config: ModelsConfig, cache_dir: Path, log: Path | None):
     """The quality phase's outcome on `records` and its seconds: how judge-eval and judge-fit judge."""
-    phase = Quality(_params(QualityParams, **{name: getattr(params, name) for name in ("expected", "top", "scorer")}))
+    phase = Quality(params)
     with console.logs_to(log, f"lift-local judging {len(records)} records"), Workbench(cache_dir, config) as bench:
         phase.check(bench)
         started = time.perf_counter()

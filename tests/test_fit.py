@@ -207,3 +207,26 @@ def test_quality_ranks_by_a_scorer_fitted_on_a_real_readers_hidden_states(tmp_pa
         assert record.meta["judge_score"] == pytest.approx(by_hand[[r.id for r in records].index(record.id)], abs=1e-4)
     best = sorted(quality, key=quality.get, reverse=True)[:2]
     assert {r.id for r in read_records(tmp_path / "o.jsonl")} == set(best)
+
+
+def test_judge_eval_ranks_a_scorer_beside_the_judges(tmp_path, cli_models):
+    """A scorer fitted on one sample, evaluated on another (transfer): one more row of judge-eval's table."""
+    rows = [json.loads(line) for line in (SHARED_DATA / "mt_bench_gpt4.jsonl").read_text().splitlines()]
+    first, second = sorted({row["instruction"] for row in rows})[:12], sorted({row["instruction"] for row in rows})[12:20]
+    for name, questions in (("fit", first), ("other", second)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["instruction"] in questions))
+    cli_models["judge"] = FakeChat(lambda c: json_reply(clarity=5, difficulty=5, explanation=5, accuracy=5))
+    cache = str(tmp_path / "cache")
+    fitted = CliRunner().invoke(main, ["judge-fit", str(tmp_path / "fit.jsonl"), "--out", str(tmp_path / "s.json"),
+                                       "--features", "length", "--folds", "3", "--cache-dir", cache])
+    assert fitted.exit_code == 0, fitted.output
+    result = CliRunner().invoke(main, ["judge-eval", str(tmp_path / "other.jsonl"), "--scorer", str(tmp_path / "s.json"),
+                                       "--no-expected", "--cache-dir", cache])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("scorer s.json: fitted score"))
+    assert int(row.split()[4]) == 40  # n: every answer of the other eight questions
+
+
+def test_judge_eval_needs_a_judge_or_a_scorer(tmp_path):
+    result = CliRunner().invoke(main, ["judge-eval", str(tmp_path / "ref.jsonl")])
+    assert result.exit_code == 2 and "give at least one --judge or --scorer" in result.output

@@ -74,6 +74,15 @@ def judge_tables(name: str, scored: Sequence[Record]) -> list[tuple[str, ScoreTa
     return [(label, ScoreTable(label, label, totals, {}, unscored)) for label, totals in columns.items()]
 
 
+def scorer_table(name: str, scored: Sequence[Record]) -> tuple[str, ScoreTable]:
+    """A fitted scorer's scores, from the quality phase's records ranked by it; those it could not score
+    (a judge gave no valid verdict) are unscored."""
+    label = f"scorer {name}: fitted score"
+    scores = {record.id: Score.of(record).judge_score for record in scored if Score.of(record) is not None}
+    unscored = frozenset(record.id for record in scored if Score.of(record) is None)
+    return label, ScoreTable(label, label, scores, {}, unscored)
+
+
 def jury_table(names: Sequence[str], tables: Sequence[ScoreTable]) -> tuple[str, ScoreTable]:
     """A jury of the judges whose ranking totals (expected, else written) are `tables`, on the records every
     one of them scored, as the quality phase ranks it (`jury_totals`)."""
