@@ -30,7 +30,7 @@ from .judge.fit import FitParams, Scorer
 from .judge.protocol import check_top, count_or_fraction
 from .params import limits
 from .phases import Local, Phase, all_phases
-from .phases.quality import Quality, QualityParams
+from .phases.quality import SCORES, Quality, QualityParams
 from .records import atomic_path, parse_field_options, read_records, write_records
 from .report import write_report
 from .workbench import ModelsConfig, Workbench
@@ -363,14 +363,14 @@ def judge_eval_command(reference, judges, scorers, reference_field, reference_sc
         _say(f"judging {len(records)} records with {name}")
         outcome, seconds = _judged(records, _params(QualityParams, expected=expected, top=len(records)),
                                    ModelsConfig(roles={"judge": (name,)}, server=server), cache_dir, log)
-        tables = judge_eval.judge_tables(name, outcome.side["scores"])
+        tables = judge_eval.judge_tables(name, outcome.side[SCORES])
         failures = len(tables[0][1].unscored)
         rows += [judge_eval.row(label, table, ref, top, failures=failures, seconds_per_100=100 * seconds / len(records))
                  for label, table in tables]
         ranking_tables.append(tables[-2][1])  # the expected total where there is one, else the written total
         if out_dir is not None:
             write_records(out_dir / f"{Path(name).name}{'.expected' if expected else ''}.scores.jsonl",
-                          outcome.side["scores"])
+                          outcome.side[SCORES])
     if len(judges) > 1:
         label, jury = judge_eval.jury_table(judges, ranking_tables)
         rows.append(judge_eval.row(label, jury, ref, top, failures=len(jury.unscored)))
@@ -381,7 +381,7 @@ def judge_eval_command(reference, judges, scorers, reference_field, reference_sc
         outcome, seconds = _judged(records, _params(QualityParams, top=len(records), scorer=str(path)),
                                    ModelsConfig(roles={role: names for role, names in chosen.items() if names}),
                                    cache_dir, log)
-        label, table = judge_eval.scorer_table(path.name, outcome.side["scores"])
+        label, table = judge_eval.scorer_table(path.name, outcome.side[SCORES])
         rows.append(judge_eval.row(label, table, ref, top, failures=len(table.unscored),
                                    seconds_per_100=100 * seconds / len(records)))
     rows = judge_eval.ranked(rows)
@@ -444,7 +444,7 @@ def judge_fit_command(reference, out_path, reference_field, reference_scale, lim
         outcome, _ = _judged(records, QualityParams(top=len(records)), config, cache_dir, log)
     with console.logs_to(log, f"lift-local judge-fit {reference}"), Workbench(cache_dir, config) as bench:
         spec = fitting.feature_spec(params, bench)
-        verdicts = fitting.verdicts_in_order(records, outcome.side["scores"]) if outcome else []
+        verdicts = fitting.verdicts_in_order(records, outcome.side[SCORES]) if outcome else []
         _say(f"features of {len(records)} records: {', '.join(spec.kinds)}")
         X, columns = feature_matrix(records, verdicts, spec, bench)
         digests = model_digests(spec, bench)
@@ -452,7 +452,7 @@ def judge_fit_command(reference, out_path, reference_field, reference_scale, lim
     rows = [judge_eval.row(result.label, result.table, ref, 0.5)]
     if outcome is not None:
         rows += [judge_eval.row(label, table, ref, 0.5) for label, table in
-                 judge_eval.judge_tables(" + ".join(spec.judges), outcome.side["scores"])[-2:-1]]
+                 judge_eval.judge_tables(" + ".join(spec.judges), outcome.side[SCORES])[-2:-1]]
     rows += [judge_eval.row(name, table, ref, 0.5) for name, table in
              judge_eval.baseline_tables(records, QualityParams.length_percentile, params.seed)]
     click.echo(judge_eval.format_table(judge_eval.ranked(rows), ref))

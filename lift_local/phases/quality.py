@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 # Totals are "nearly uniform" when their standard deviation is below UNIFORM_STD points (of 100), or when
 # one total is shared by more than UNIFORM_SHARE of the scored records.
+# The side files: every record with its verdict, best first (what judge-eval and judge-fit read), and a random
+# subset of the same size as the selection (what `ab` trains its "random" arm on).
+SCORES, BASELINE = "scores", "baseline"
 UNIFORM_STD = 3.0
 UNIFORM_SHARE = 0.5
 _BARS = " ▁▂▃▄▅▆▇█"
@@ -151,9 +154,9 @@ class Summary:
 class Quality(
     Phase, name="quality", title="Quality compression", params=QualityParams, order=60, roles=("judge",),
     prompts={"prompt": "judge"}, requires=("instruction", "output"),  # a judge must see the answer it scores
-    sides={"scores": "Also write every record with its judge verdict to this file: best first, then those the judge "
+    sides={SCORES: "Also write every record with its judge verdict to this file: best first, then those the judge "
            "failed on.",
-           "baseline": "Also write a random subset of IN of the same size to this file, to compare the selection with."},
+           BASELINE: "Also write a random subset of IN of the same size to this file, to compare the selection with."},
 ):
     """LIFT phase 4: the judge scores every record of IN; the N with the best final quality go to OUT
     (JSONL), shuffled.
@@ -261,7 +264,7 @@ class Quality(
                     f"{stats['expected']['records_with_fallback']} records have dimensions without readable "
                     "probabilities; they use the score the judge wrote there"
                 )
-        return Selection(kept, {"scores": ranked + failures, "baseline": baseline}, meta, stats)
+        return Selection(kept, {SCORES: ranked + failures, BASELINE: baseline}, meta, stats)
 
     def summary(self, outcome: Outcome) -> list[str]:
         """Failures, every score's distribution, warnings."""
@@ -323,7 +326,7 @@ def uniformity_warnings(totals: list[int]) -> list[str]:
 
 def _report(run: RunFolder) -> tuple[str, list[Plot]]:
     entry = run.done("quality")
-    scored = run.records("quality", "scores")
+    scored = run.records("quality", SCORES)
     kept_ids = {record.id for record in run.records("quality")}
     judged = [r for r in scored if _judged(r)]
     failed = [r for r in scored if not _judged(r)]
@@ -368,9 +371,9 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
         facts=_quality_facts,
     )
     parts = ["<h2>Quality compression</h2>", *map(figures.figure_html, plots), examples]
-    if "baseline" in entry.side:
+    if BASELINE in entry.side:
         parts.append(
-            f"<p>A random subset of the same size, to compare with: <code>{figures.e(entry.side['baseline'])}</code>.</p>"
+            f"<p>A random subset of the same size, to compare with: <code>{figures.e(entry.side[BASELINE])}</code>.</p>"
         )
     if failed:
         counts = Counter(_failure(r).status for r in failed)
@@ -462,10 +465,10 @@ def _warnings(entry: PhaseEntry) -> list[str]:
     found = []
     if texts:
         found.append(f"<b>Quality compression:</b> {'; '.join(map(figures.e, texts))}.")
-        if stats.get("uniform_warning") and "baseline" in entry.side:
+        if stats.get("uniform_warning") and BASELINE in entry.side:
             found[-1] += (
                 " Compare the curated set with the random subset of the same size in "
-                f"<code>{figures.e(entry.side['baseline'])}</code>."
+                f"<code>{figures.e(entry.side[BASELINE])}</code>."
             )
     failed = stats.get("failed", {})
     if sum(failed.values()):
