@@ -140,8 +140,9 @@ def _free_gpu() -> None:
 
 
 def _hf_model(base: Path, adapter: Path | None, label: str, gpu: bool):
-    """The model in process: float32 on a CPU (bfloat16 there is slower, and rounds log-likelihoods), its
-    own dtype on a GPU; a LoRA adapter merged into its weights (the same function, at the base's speed)."""
+    """The model in process: float32 on a CPU (bfloat16 keeps about 3 significant digits of a logit), its
+    own dtype on a GPU; a LoRA adapter merged into its weights (the same function, at the base model's
+    speed)."""
     lm = _packed_hflm()(pretrained=str(base), peft=str(adapter) if adapter else None,
                         device="cuda" if gpu else "cpu", dtype="auto" if gpu else "float32",
                         batch_size=GENERATION_BATCH)
