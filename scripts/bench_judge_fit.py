@@ -157,7 +157,7 @@ def main() -> None:
         models.prepare(models.load_registry(), name, quiet=True)
         folder = models.ensure_present(models.resolve("reader", name))
         layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
-        spec = FeatureSpec(hidden=HiddenSpec(name, layers // 2, "mean", 512))
+        spec = FeatureSpec(hidden=HiddenSpec(name, layers // 2, "answer", 512))
         hidden = features(records, spec, args.cache)
         costs[f"hidden states {name} (layer {layers // 2} of {layers})"] = per_100(
             lambda cache, part, spec=spec: features(part, spec, cache), timed)

@@ -42,7 +42,7 @@ class HiddenSpec:
 
     reader: str
     layer: int
-    pooling: Pooling = "mean"
+    pooling: Pooling = "answer"
     max_tokens: int = 512
 
 

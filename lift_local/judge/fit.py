@@ -49,7 +49,7 @@ class FitParams(Params):
         "vectors of question and answer).", metavar="NAMES", check=lambda text: _feature_names(text),
     )
     layer: int = option(0, "The reader's layer whose hidden states are read; 0: its middle layer.", low=0)
-    pooling: Pooling = option("mean", "How the layer's token states become one vector: mean (every token), "
+    pooling: Pooling = option("answer", "How the layer's token states become one vector: mean (every token), "
                               "answer (the answer's tokens) or last (the last token).")
     max_tokens: int = option(512, "Tokens of question and answer read at most (the answer is cut).", low=8)
     folds: int = option(5, "Folds of the cross-validation, grouped by instruction.", low=2)
