@@ -9,7 +9,7 @@ import threading
 
 import jsonschema
 import pytest
-from conftest import SHARED_DATA, SMOLLM, vllm_server
+from conftest import SHARED_DATA, SMOLLM
 
 from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling
 from lift_local.llm.backend import load_chat_model
@@ -32,10 +32,9 @@ SCORE_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    """A vLLM server of SmolLM2, started once for this module (after the in-process tests: see `chat`)."""
-    with vllm_server(tmp_path_factory.mktemp("vllm-serve") / "server.log") as (url, _):
-        yield url
+def server_url(served_smollm):
+    """The session's vLLM server of SmolLM2, started after the in-process tests (see `chat`)."""
+    return served_smollm[0]
 
 
 @pytest.fixture(scope="module", params=["in-process", "server"])
