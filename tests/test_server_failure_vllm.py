@@ -13,8 +13,8 @@ import pytest
 from conftest import LIFT_LOCAL, REPO, stored_replies, vllm_server
 
 pytestmark = pytest.mark.vllm
-# As in test_interrupt_vllm: the shortest replies are stored seconds before the longest.
-RECORDS, MAX_TOKENS = 16, 128
+# As in test_interrupt_vllm: the third reply is stored a hundred decoding steps before the last.
+RECORDS, MAX_TOKENS = 24, 128
 
 
 def requests_finished(url: str) -> int:
