@@ -152,6 +152,13 @@ def vllm_server(log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         process.wait()
 
 
+@pytest.fixture(scope="session")
+def served_smollm(tmp_path_factory):
+    """`vllm_server`, started once for the whole test session: (its URL, its process)."""
+    with vllm_server(tmp_path_factory.mktemp("vllm-serve") / "server.log") as served:
+        yield served
+
+
 # Markers of tests that run something real (an engine, a model, a cluster, a browser) or take seconds for
 # another reason (child processes, real file systems). Every other test is
 # in the fast tier (`scripts/test.sh -m fast`): pure logic and fakes, and it must load no model.
@@ -162,6 +169,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(item.get_closest_marker(marker) for marker in REAL):
             item.add_marker(pytest.mark.fast)
+    # Modules with a test on the session's vLLM server run last (stable sort: in their order): starting a
+    # server shuts the in-process engine down (see `vllm_server`), so the tests using that engine, all
+    # before them, start it once.
+    served = {item.module for item in items if "served_smollm" in item.fixturenames}
+    items.sort(key=lambda item: getattr(item, "module", None) in served)
 
 
 @pytest.fixture(autouse=True)

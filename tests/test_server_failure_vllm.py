@@ -1,6 +1,6 @@
 """A real vLLM OpenAI server on CPU dies in the middle of `enhance --server`: the command ends with a clear
-error (the server, how many replies are stored, how to resume), not a traceback; against a new server the
-same command asks only for the missing replies. The batch's requests do not kill the server."""
+error (the server, how many replies are stored, how to resume), not a traceback; against another server (the
+session's) the same command asks only for the missing replies. The batch's requests do not kill a server."""
 
 import os
 import re
@@ -13,7 +13,8 @@ import pytest
 from conftest import LIFT_LOCAL, REPO, stored_replies, vllm_server
 
 pytestmark = pytest.mark.vllm
-RECORDS = 40
+# As in test_interrupt_vllm: the third reply is stored a hundred decoding steps before the last.
+RECORDS, MAX_TOKENS = 24, 128
 
 
 def requests_finished(url: str) -> int:
@@ -23,15 +24,16 @@ def requests_finished(url: str) -> int:
     return round(sum(float(value) for value in re.findall(r"^vllm:request_success_total\{.*\} (\S+)$", metrics, re.MULTILINE)))
 
 
-def test_a_server_dying_mid_phase_is_a_clear_error_and_a_new_one_gets_only_the_rest(tmp_path, real_sample):
+def test_a_server_dying_mid_phase_is_a_clear_error_and_another_gets_only_the_rest(tmp_path, real_sample,
+                                                                                  served_smollm):
     cache = tmp_path / "cache"
     sample = real_sample("dolly_3k.json", list(range(RECORDS)))
 
     def enhance(url: str) -> list[str]:
         return [*LIFT_LOCAL, "enhance", str(sample), str(tmp_path / "out.jsonl"), "--server", url,
-                "--cache-dir", str(cache), "--max-tokens", "128"]
+                "--cache-dir", str(cache), "--max-tokens", str(MAX_TOKENS)]
 
-    with vllm_server(tmp_path / "first.log") as (url, server):
+    with vllm_server(tmp_path / "dying.log") as (url, server):
         command = enhance(url)
         client = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 600
@@ -50,9 +52,10 @@ def test_a_server_dying_mid_phase_is_a_clear_error_and_a_new_one_gets_only_the_r
     assert f"{stored} of the {RECORDS} replies of enhance are stored in {cache / 'replies.sqlite'}" in error
     assert "run the same command again to resume" in error
 
-    with vllm_server(tmp_path / "second.log") as (url, server):
-        resumed = subprocess.run(enhance(url), cwd=REPO, capture_output=True, text=True, timeout=1200)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert stored_replies(cache) == RECORDS
-        assert requests_finished(url) == RECORDS - stored  # only the missing replies were asked for
-        assert server.poll() is None
+    url, server = served_smollm
+    finished = requests_finished(url)
+    resumed = subprocess.run(enhance(url), cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert stored_replies(cache) == RECORDS
+    assert requests_finished(url) - finished == RECORDS - stored  # only the missing replies were asked for
+    assert server.poll() is None
