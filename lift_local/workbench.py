@@ -38,6 +38,10 @@ class ModelsConfig:
     device: str | None = None  # torch device for the embedder
 
 
+# The roles a run's phases use (`student` is `lift-local ab`'s own).
+_ROLES = tuple(role for role in models.ROLES if role in {field.name for field in dataclasses.fields(ModelsConfig)})
+
+
 class Workbench:
     """The `Kit` a phase's map works with on this machine: its models behind their caches, and its prompts.
 
@@ -83,7 +87,7 @@ class Workbench:
 
     def identities(self) -> dict[str, str]:
         """What names each role's model in the manifest, without starting anything."""
-        return {role: self._identity(role) for role in models.ROLES}
+        return {role: self._identity(role) for role in _ROLES}
 
     def fingerprint_inputs(self, phase: Phase) -> dict[str, Any]:
         """Everything besides its parameters and input records that decides a phase's output."""
@@ -102,7 +106,7 @@ class Workbench:
         def absolute(value: str | None) -> str | None:
             return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
 
-        chosen = {role: absolute(getattr(self.models, role)) for role in models.ROLES}
+        chosen = {role: absolute(getattr(self.models, role)) for role in _ROLES}
         return {"cache_dir": self.cache_dir.resolve(), "models_config": dataclasses.replace(self.models, **chosen),
                 "prompts": {name: absolute(path) for name, path in self.prompts.items()}}
 
