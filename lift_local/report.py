@@ -67,6 +67,7 @@ def write_report(run_dir: Path | str) -> Path:
     with rc_context(STYLE):
         sections = [_overview(run), _funnel_section(run)]
         sections += [_phase_section(run, cls) for cls in all_phases()]
+        sections.append(_ab_section(run))
     body = "\n".join(text for text, _ in sections)
     plots = [plot for _, section_plots in sections for plot in section_plots]
     figures_dir = run.path / FIGURES
@@ -174,6 +175,12 @@ def _phase_section(run: RunFolder, cls: type[Phase]) -> tuple[str, list[Plot]]:
     if cls.report is Phase.report:
         return "", []
     return f'<h2>{cls.title}</h2>\n<p class="muted">{cls.title} {e(run.status(cls.name))}: nothing to show.</p>', []
+
+
+def _ab_section(run: RunFolder) -> tuple[str, list[Plot]]:
+    from .ab.results import report_section  # which imports this module's figure toolkit
+
+    return report_section(run.manifest.ab, str(run.path))
 
 
 def _funnel_section(run: RunFolder) -> tuple[str, list[Plot]]:
