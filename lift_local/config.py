@@ -14,14 +14,16 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from . import models
+from .errors import ConfigError, ParameterError
+from .params import Params, option
 from .phases import Phase, all_phases
 from .prompts import bundled_names
 from .workbench import ModelsConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(Params):
     """The `[run]` keys that send a run's per-record work to a Ray cluster (docs/ray.md); without `ray`, the
     run stays in this process.
 
@@ -32,18 +34,12 @@ class ClusterConfig:
     """
 
     ray: str | None = None
-    replicas: int = 1
-    gpus_per_replica: float = 0.0
-    cpus_per_replica: float = 1.0
-    batch_size: int = 256  # records per batch a replica gets at once; its engine batches them continuously
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ValueError(f"replicas must be at least 1, got {self.replicas}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
-            raise ValueError("gpus_per_replica and cpus_per_replica must not be negative")
+    replicas: int = option(1, "Replicas working at once.", low=1)
+    gpus_per_replica: float = option(0.0, "GPUs each replica holds.", low=0)
+    cpus_per_replica: float = option(1.0, "CPUs each replica holds.", low=0)
+    batch_size: int = option(
+        256, "Records per batch a replica gets at once; its engine batches them continuously.", low=1
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +63,31 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
             sections = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    # Where each value came from, for messages: "lift.toml [dedup] near", "--set dedup.near=1.5", "--ray".
+    sources = {(section, key): f"{path} [{section}] {key}" for section, values in sections.items()
+               if isinstance(values, dict) for key in values}
     for override in overrides:
         section, key, value = _split_override(override)
         sections.setdefault(section, {})[key] = value
+        sources[section, key] = f"--set {override}"
     sections.setdefault("run", {}).update(run)
+    sources.update({("run", key): f"--{key.replace('_', '-')}" for key in run})
     names = [cls.name for cls in all_phases()]
     skipped = set(skip) | set(_skip_list(sections, where))
-    license = _license(sections, where)
+    license = _license(sections, sources, where)
     for name in skipped:
         if name not in names:
             raise ConfigError(f"{where}: cannot skip unknown phase '{name}' (phases: {', '.join(names)})")
     for extra in set(sections) - set(names) - {"models", "prompts", "run"}:
         known = ", ".join((*names, "models", "prompts", "run"))
         raise ConfigError(f"{where}: unknown section [{extra}] (sections: {known})")
-    cluster = _build(ClusterConfig, sections.get("run", {}), f"{where} [run]")
-    phases = [cls(_build(cls.Params, sections.get(cls.name, {}), f"{where} [{cls.name}]")) for cls in all_phases()]
-    models = _build(ModelsConfig, sections.get("models", {}), f"{where} [models]")
+    cluster = _build(ClusterConfig, "run", sections.get("run", {}), sources, where)
+    phases = [cls(_build(cls.Params, cls.name, sections.get(cls.name, {}), sources, where)) for cls in all_phases()]
+    chosen = _models_config(sections.get("models", {}), sources, where)
     prompts = sections.get("prompts", {})
     for name, value in prompts.items():
         if name not in bundled_names():
@@ -96,7 +99,7 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
         if not any(name in templates for templates in used.values()):
             uses = "; ".join(f"{phase}: {', '.join(templates)}" for phase, templates in used.items())
             raise ConfigError(f"{where} [prompts]: '{name}' is not used with these phase parameters ({uses})")
-    return RunConfig(phases=phases, models=models, prompts=prompts, skip=frozenset(skipped), cluster=cluster,
+    return RunConfig(phases=phases, models=chosen, prompts=prompts, skip=frozenset(skipped), cluster=cluster,
                      license=license)
 
 
@@ -120,30 +123,53 @@ def _skip_list(sections: dict, where: str) -> list[str]:
     return names
 
 
-def _license(sections: dict, where: str) -> str | None:
+def _license(sections: dict, sources: dict[tuple[str, str], str], where: str) -> str | None:
     """`[run] license`: a licence id as the Hugging Face Hub knows them (apache-2.0, cc-by-nc-4.0, other, ...)."""
     value = sections.get("run", {}).pop("license", None)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value):
-        raise ConfigError(f"{where}: [run] license must be a licence id such as apache-2.0 or cc-by-nc-4.0 "
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value)):
+        source = sources.get(("run", "license"), f"{where} [run] license")
+        raise ConfigError(f"{source}: must be a licence id such as apache-2.0 or cc-by-nc-4.0 "
                           f"(https://huggingface.co/docs/hub/repositories-licenses), got {value!r}")
     return value
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
+def _models_config(values: dict[str, Any], sources: dict[tuple[str, str], str], where: str) -> ModelsConfig:
+    """[models]: a key per role (a model name or folder, or a list of them for a jury), and the other keys of
+    `ModelsConfig`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: [models] must be a table of keys, got {values!r}")
+    values, roles = dict(values), {}
+    for role in [key for key in values if key in models.ROLES]:
+        value = values.pop(role)
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+            source = sources.get(("models", role), f"{where} [models] {role}")
+            raise ConfigError(f"{source}: must be a model name or folder, or a list of them, got {value!r}")
+        roles[role] = tuple(names)
+    return _build(ModelsConfig, "models", values, sources, where, roles=roles)
+
+
+def _build(cls: type, section: str, values: dict[str, Any], sources: dict[tuple[str, str], str], where: str,
+           **given: Any) -> Any:
+    """The section's dataclass from its values (and `given`); a bad value is an error naming where it came from."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: [{section}] must be a table of keys, got {values!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init and field.name not in given}
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
+        source = sources.get((section, key), f"{where} [{section}] {key}")
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
+            known = [*(models.ROLES if section == "models" else ()), *fields]
+            given = source if source.startswith("--") else f"{where} [{section}]"  # an option, or the file's table
+            raise ConfigError(f"{given}: unknown key '{key}' (known: {', '.join(known)})")
         if not _has_type(value, hints[key]):
-            raise ConfigError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
+            raise ConfigError(f"{source}: must be {_type_name(hints[key])}, got {value!r}")
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
     try:
-        return cls(**values)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: {err}") from None
+        return cls(**values, **given)
+    except ParameterError as err:
+        source = sources.get((section, err.name), f"{where} [{section}] {err.name}")
+        raise ConfigError(f"{source}: {err.problem}") from None
 
 
 def _has_type(value: Any, hint: Any) -> bool:

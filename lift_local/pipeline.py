@@ -8,10 +8,10 @@ phase, the reply and embedding caches in `cache/` make an interrupted phase redo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -58,8 +58,8 @@ def run(
                           "records": len(records), "limit": limit, "seed": seed,
                           # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
                           **({"fields": fields} if fields else {})}
-        manifest.models = bench.identities()
         active = [phase for phase in config.phases if phase.name not in config.skip]
+        manifest.models = bench.identities(role for phase in active for role in phase.roles)
         # Resolved up front, so that a bad template or model name fails now rather than hours into the run.
         decided_by = {phase.name: bench.fingerprint_inputs(phase) for phase in active}
         upstream = _digest(manifest.input)
@@ -134,19 +134,20 @@ def sample(records: list[Record], limit: int | None, seed: int) -> list[Record]:
     return [records[i] for i in chosen]
 
 
-def _weights_sha256(bench: Workbench, roles: list[str]) -> dict[str, str]:
-    """The digest of each role's weights, for the dataset card; none for a served model (its weights are on the
-    server) or one whose weights are not here."""
+def _weights_sha256(bench: Workbench, roles: list[str]) -> dict[str, list[str]]:
+    """The digests of each role's models' weights (several for a jury), for the dataset card; none for served
+    models (their weights are on the server) or models whose weights are not here."""
     by_folder: dict[Path, str] = {}  # the rewriter and the judge are often one model
     digests = {}
     for role in dict.fromkeys(roles):
-        if role != "embedder" and bench.models.server:
+        if models.ROLES[role].kind == "chat" and bench.models.server:
             continue
-        spec = models.resolve(role, getattr(bench.models, role))
-        if spec.present:
-            if spec.path not in by_folder:
-                by_folder[spec.path] = sha256_file(spec.path)
-            digests[role] = by_folder[spec.path]
+        specs = [models.resolve(role, name) for name in bench.models.chosen(role)]
+        if all(spec.present for spec in specs):
+            for spec in specs:
+                if spec.path not in by_folder:
+                    by_folder[spec.path] = sha256_file(spec.path)
+            digests[role] = [by_folder[spec.path] for spec in specs]
     return digests
 
 

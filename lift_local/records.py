@@ -28,7 +28,7 @@ import jsonlines
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import InputError, StorageError
 
 META_KEY = "lift"  # where lift-local keeps its own metadata (provenance, scores) in written records
 CORE_FIELDS = ("instruction", "input", "output")
@@ -37,6 +37,34 @@ os.umask(_UMASK)
 _USER_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
 _BATCH_ROWS = 1024  # rows per Arrow record batch read from Parquet
+
+
+ORIGINAL, EXPANDED = "original", "expanded"  # a record's origin
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Where a record came from, as its metadata holds it (LIFT.md: every record can be traced to its source):
+    an original of the input file (`source`: its file and position), or a record that expansion made in
+    `round` by rewriting `parent`, whose first ancestor is `root`."""
+
+    origin: str  # ORIGINAL or EXPANDED
+    source: dict[str, Any] | None = None
+    round: int | None = None
+    parent: str | None = None
+    root: str | None = None
+
+    def to_meta(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    @classmethod
+    def of(cls, record: Record) -> Provenance:
+        fields = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in record.meta.items() if key in fields and key != "origin"},
+                   origin=record.meta.get("origin", ORIGINAL))
+
+    def describe(self) -> str:
+        return f"{self.origin}, round {self.round}" if self.round else self.origin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +87,11 @@ class Record:
 
     def with_meta(self, **meta: Any) -> Record:
         return dataclasses.replace(self, meta={**self.meta, **meta})
+
+    @property
+    def origin(self) -> str:
+        """Where the record came from, in words ("expanded, round 2"), as record cards show it."""
+        return Provenance.of(self).describe()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,24 +184,42 @@ class atomic_path:
         self.folder = folder
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         options = {"prefix": f".{self.path.name}.", "suffix": ".tmp", "dir": self.path.parent}
-        if self.folder:
-            name = tempfile.mkdtemp(**options)
-            os.chmod(name, 0o777 & ~_UMASK)
-        else:
-            fd, name = tempfile.mkstemp(**options)
-            os.close(fd)
-            os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output is like any new file
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.folder:
+                name = tempfile.mkdtemp(**options)
+                os.chmod(name, 0o777 & ~_UMASK)
+            else:
+                fd, name = tempfile.mkstemp(**options)
+                os.close(fd)
+                os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; the output is like any new file
+        except OSError as err:
+            raise StorageError(self._blamed(err), err) from err
         self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self.folder:
-            shutil.rmtree(self.tmp)
-        elif exc_type is not None:
+        try:
+            if exc_type is None:
+                self._replace()
+                return
+        except OSError as err:
+            exc = err
+        if self.folder:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
             self.tmp.unlink(missing_ok=True)
-        elif self.folder and self.path.exists():
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: one line naming the file, nothing partial
+            raise StorageError(self._blamed(exc), exc) from exc
+
+    def _blamed(self, error: OSError) -> Path | str:
+        """The file to name: the one the error is about, unless that is our temporary file (then the output)."""
+        named = error.filename
+        return self.path if named is None or Path(named).name.startswith(f".{self.path.name}.") else named
+
+    def _replace(self) -> None:
+        if self.folder and self.path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
             os.replace(self.path, old / self.path.name)
             os.replace(self.tmp, self.path)
@@ -351,9 +402,9 @@ def _normalise(path: Path, where: str, index: int, item: Any, mapping: dict[str,
     else:
         fields = _core_fields(path, where, item)
         extra = {key: value for key, value in item.items() if key not in CORE_FIELDS}
-    provenance = {"origin": "original", "source": {"file": path.name, "index": index}}
+    provenance = Provenance(ORIGINAL, source={"file": path.name, "index": index})
     return Record(**fields, id=_user_id(path, where, extra.pop("id", None)) or content_id(**fields),
-                  meta=provenance, extra=extra)
+                  meta=provenance.to_meta(), extra=extra)
 
 
 def _user_id(path: Path, where: str, value: Any) -> str | None:

@@ -10,10 +10,14 @@ into the main file between two pieces of work (`Store.absorb`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import sqlite3
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+
+from .errors import StorageError
 
 _CHUNK = 900  # stays under SQLite's limit on bound parameters per statement
 _BUSY_SECONDS = 60.0  # how long a writer waits for another (several commands sharing one cache folder)
@@ -27,15 +31,31 @@ class Store:
             raise ValueError(f"bad table name {table!r}")
         self.path = Path(path)
         self.table = table
-        if frozen:
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
-                                       check_same_thread=False)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=_BUSY_SECONDS)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        self._db.commit()
+        with self._storing():
+            if frozen:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                           check_same_thread=False)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=_BUSY_SECONDS)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            self._db.commit()
+
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """The file system's refusals as a `StorageError` naming the file; a batch that failed is not stored,
+        those committed before stay."""
+        try:
+            yield
+        except OSError as err:
+            raise StorageError(err.filename or self.path, err) from err
+        except sqlite3.OperationalError as err:
+            refusals = {"disk is full": errno.ENOSPC, "readonly": errno.EROFS, "unable to open": errno.EACCES}
+            code = next((number for words, number in refusals.items() if words in str(err)), None)
+            if code is None:
+                raise
+            raise StorageError(self.path, OSError(code, str(err))) from err
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         keys = list(dict.fromkeys(keys))
@@ -48,7 +68,7 @@ class Store:
         return found
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
-        with self._db:
+        with self._storing(), self._db:
             self._db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?)", items.items())
 
     def __len__(self) -> int:

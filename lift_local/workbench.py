@@ -9,37 +9,46 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import llm, models
+from . import models
 from .embed import Embedder
-from .llm import ChatModel
+from .errors import ParameterError
+from .llm import ChatModel, backend
 from .llm.cache import CachedChat
+from .params import Params, option
 from .phases import Phase
 from .prompts import Prompt, load_prompt
 from .store import ShardedStore, Store
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelsConfig:
-    """Which model plays each role: a registry name or a local folder (None: the registry's choice).
+class ModelsConfig(Params):
+    """Which models play each role of `models.ROLES`: role -> registry names or local folders; a role not
+    given takes the registry's choice. Only a role that allows `many` takes several (a jury of judges).
 
-    `server`: the URL of an OpenAI-compatible endpoint (`vllm serve`) that serves the rewriter and judge
-    instead of an engine in this process.
+    `server`: the URL of an OpenAI-compatible endpoint (`vllm serve`) that serves the chat roles instead of
+    an engine in this process.
     """
 
-    rewriter: str | None = None
-    judge: str | None = None
-    embedder: str | None = None
+    roles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     server: str | None = None
-    embed_batch_size: int = 32
+    embed_batch_size: int = option(32, "Texts per embedding batch.", low=1)
     device: str | None = None  # torch device for the embedder
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for role, names in self.roles.items():
+            if role not in models.ROLES:
+                raise ParameterError(type(self).__name__, role, f"is not a role (roles: {', '.join(models.ROLES)})")
+            if len(names) > 1 and not models.ROLES[role].many:
+                raise ParameterError(type(self).__name__, role, f"takes one model, got {len(names)}: {', '.join(names)}")
 
-# The roles a run's phases use (`student` is `lift-local ab`'s own).
-_ROLES = tuple(role for role in models.ROLES if role in {field.name for field in dataclasses.fields(ModelsConfig)})
+    def chosen(self, role: str) -> tuple[str | None, ...]:
+        """The models given for `role`; (None,) for the registry's choice."""
+        return self.roles.get(role) or (None,)
 
 
 class Workbench:
@@ -58,25 +67,32 @@ class Workbench:
         self.prompts = dict(prompts)
         self.sharded = sharded
         self._stores: dict[str, Store | ShardedStore] = {}
-        self._built: dict[str, Any] = {}
+        self._chats: dict[tuple[str, str | None], CachedChat] = {}
+        self._embedder: Embedder | None = None
 
     def chat(self, role: str) -> ChatModel:
-        if role not in self._built:
-            model = llm.load_chat_model(role, getattr(self.models, role), server_url=self.models.server)
-            self._built[role] = CachedChat(model, self._store("replies"))
-        return self._built[role]
+        return self.chats(role)[0]
+
+    def chats(self, role: str) -> list[ChatModel]:
+        """Every model of `role`, in the order given: one, or a jury."""
+        for name in self.models.chosen(role):
+            if (role, name) not in self._chats:
+                model = backend.load_chat_model(role, name, server_url=self.models.server)
+                self._chats[role, name] = CachedChat(model, self._store("replies"))
+        return [self._chats[role, name] for name in self.models.chosen(role)]
 
     def replies_asked(self) -> int:
         """How many replies the chat models have given so far (not those taken from the cache)."""
-        return sum(model.asked for role, model in self._built.items() if role != "embedder")
+        return sum(model.asked for model in self._chats.values())
 
     def embedder(self) -> Embedder:
-        if "embedder" not in self._built:
-            folder = models.ensure_present(models.resolve("embedder", self.models.embedder))
-            self._built["embedder"] = Embedder(
+        if self._embedder is None:
+            (name,) = self.models.chosen("embedder")
+            folder = models.ensure_present(models.resolve("embedder", name))
+            self._embedder = Embedder(
                 folder, self._store("embeddings"), batch_size=self.models.embed_batch_size, device=self.models.device
             )
-        return self._built["embedder"]
+        return self._embedder
 
     def prompt(self, name: str, requires: tuple[str, ...]) -> Prompt:
         return load_prompt(self.prompts.get(name, name), requires=requires)
@@ -85,9 +101,9 @@ class Workbench:
         """The phase's templates, loaded: a bad one fails here, before any model starts."""
         return [self.prompt(name, phase.requires) for name in phase.templates().values()]
 
-    def identities(self) -> dict[str, str]:
-        """What names each role's model in the manifest, without starting anything."""
-        return {role: self._identity(role) for role in _ROLES}
+    def identities(self, roles: Iterable[str]) -> dict[str, str]:
+        """What names the models of `roles` in the manifest, without starting anything."""
+        return {role: self._identity(role) for role in models.ROLES if role in set(roles)}
 
     def fingerprint_inputs(self, phase: Phase) -> dict[str, Any]:
         """Everything besides its parameters and input records that decides a phase's output."""
@@ -106,8 +122,8 @@ class Workbench:
         def absolute(value: str | None) -> str | None:
             return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
 
-        chosen = {role: absolute(getattr(self.models, role)) for role in _ROLES}
-        return {"cache_dir": self.cache_dir.resolve(), "models_config": dataclasses.replace(self.models, **chosen),
+        chosen = {role: tuple(map(absolute, names)) for role, names in self.models.roles.items()}
+        return {"cache_dir": self.cache_dir.resolve(), "models_config": dataclasses.replace(self.models, roles=chosen),
                 "prompts": {name: absolute(path) for name, path in self.prompts.items()}}
 
     def __enter__(self) -> Workbench:
@@ -122,11 +138,11 @@ class Workbench:
         self._stores.clear()
 
     def _identity(self, role: str) -> str:
-        override = getattr(self.models, role)
-        if role != "embedder" and self.models.server:
-            return f"{override or 'served model'} at {self.models.server}"
-        spec = models.resolve(role, override)
-        return spec.name
+        """The names of the role's models ("a + b" for a jury), or the served model's."""
+        names = self.models.chosen(role)
+        if models.ROLES[role].kind == "chat" and self.models.server:
+            return " + ".join(f"{name or 'served model'} at {self.models.server}" for name in names)
+        return " + ".join(models.resolve(role, name).name for name in names)
 
     def _store(self, name: str) -> Store | ShardedStore:
         if name not in self._stores:

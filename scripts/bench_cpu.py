@@ -123,8 +123,9 @@ def child(name: str, enhance_count: int, judge_count: int, max_tokens: int) -> d
     from vllm.sampling_params import StructuredOutputsParams
 
     from lift_local import cpu_engine, models
+    from lift_local.judge.protocol import JUDGE_SCHEMA
     from lift_local.llm.inprocess import engine_settings
-    from lift_local.phases.quality import JUDGE_SCHEMA, Quality
+    from lift_local.phases.quality import Quality
     from lift_local.prompts import load_prompt
     from lift_local.records import read_records
 

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import plants  # noqa: E402  (tests/plants.py: the same planted copies the tests use)
-from lift_local import report  # noqa: E402
+
+from lift_local import figures  # noqa: E402
 from lift_local.phases import Selection  # noqa: E402
 from lift_local.phases.decontaminate import BUNDLED, Decontaminate, bundled_items  # noqa: E402
 from lift_local.phases.dedup import Dedup, task_text  # noqa: E402
@@ -149,14 +150,14 @@ def child(kind: str, total: int) -> dict:
 
 def write_docs(runs: list[dict], decontamination: dict | None, command: str) -> None:
     sizes = [run["records"] for run in runs]
-    figure, (time_ax, memory_ax) = report.new_figure(10, 3.4, ncols=2)
+    figure, (time_ax, memory_ax) = figures.new_figure(10, 3.4, ncols=2)
     for key, label in (("total_s", "dedup, total"), ("map_s", "map: hashes, MinHash"), ("select_s", "select: exact, LSH, k-means")):
         time_ax.plot(sizes, [run[key] for run in runs], "o-", label=label)
     linear = [runs[0]["total_s"] * size / sizes[0] for size in sizes]
-    time_ax.plot(sizes, linear, ":", color=report.GREY, label="linear from the smallest")
+    time_ax.plot(sizes, linear, ":", color=figures.GREY, label="linear from the smallest")
     time_ax.set(xlabel="records", ylabel="seconds", title="time")
     time_ax.legend(frameon=False)
-    memory_ax.plot(sizes, [run["peak_gib"] for run in runs], "o-", color=report.BLUE)
+    memory_ax.plot(sizes, [run["peak_gib"] for run in runs], "o-", color=figures.BLUE)
     memory_ax.set(xlabel="records", ylabel="GiB", title="peak resident memory", ylim=(0, None))
     for ax in (time_ax, memory_ax):
         ax.ticklabel_format(axis="x", style="plain")

@@ -147,10 +147,10 @@ def _cpu_flags() -> set[str]:
 
 
 def plot(runs: dict[str, list[dict]], phases: list[str], path: Path) -> None:
-    from lift_local import report
+    from lift_local import figures
 
-    figure, (ax,) = report.new_figure(7, 2.2)
-    colours = [report.BLUE, report.ORANGE, report.VERMILLION, report.GREY, "#009E73", "#CC79A7"]
+    figure, (ax,) = figures.new_figure(7, 2.2)
+    colours = [figures.BLUE, figures.ORANGE, figures.VERMILLION, figures.GREY, "#009E73", "#CC79A7"]
     for phase, colour in zip(phases, colours, strict=False):
         ax.barh(0, 0, color=colour, label=phase)  # the legend, once per phase
     for y, side in enumerate(runs):

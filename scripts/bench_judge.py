@@ -2,7 +2,7 @@
 
 Items (records judged) per second, all on the same records of Code Alpaca and the judge role's model:
 
-- lift-local: `quality.judge_records` with the model from `llm.load_chat_model("judge")` behind `CachedChat`
+- lift-local: `quality.judge_records` with the model from `backend.load_chat_model("judge")` behind `CachedChat`
   on an empty reply store, i.e. the judge step exactly as `lift-local quality` runs it (JSON schema,
   `QualityParams` sampling, retries of unparsable replies, every reply stored as it finishes).
 - (b) bare vLLM: one `LLM.chat` call on the same conversations, on the same engine, with the SamplingParams
@@ -94,17 +94,16 @@ def load_records(count: int):
 def bench_engine(caching: bool, with_bare: bool, records, warm, prompt, params, repeat: int,
                  tmp: Path) -> EngineResult:
     """lift-local's judge step (and bare `LLM.chat`, alternating) on one engine, which is shut down after."""
-    from lift_local import llm
-    from lift_local.llm import Sampling
+    from lift_local.judge.protocol import JUDGE_SCHEMA, judge_records
+    from lift_local.llm import Sampling, backend
     from lift_local.llm.cache import CachedChat
     from lift_local.llm.inprocess import close_engines
     from lift_local.llm.inprocess import sampling_params as sampling_params_of
-    from lift_local.phases.quality import JUDGE_SCHEMA, judge_records
     from lift_local.store import Store
 
     # With caching on, exactly the production engine; off differs from it in that one setting.
     options = None if caching else {"enable_prefix_caching": False}
-    judge = llm.load_chat_model("judge", engine_options=options)
+    judge = backend.load_chat_model("judge", engine_options=options)
     first = Sampling(temperature=params.temperature, max_tokens=params.max_tokens, seed=params.seed)
     sampling_params = sampling_params_of(first, JUDGE_SCHEMA)  # what the judge's first request sends
     runs = 0
@@ -171,7 +170,7 @@ def bench_transformers(records, warm, prompt, params, dtype_name: str, threads: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lift_local import models
-    from lift_local.phases.quality import parse_judge_reply
+    from lift_local.judge.protocol import parse_judge_reply
 
     torch.set_num_threads(threads)
     folder = models.ensure_present(models.resolve("judge"))
@@ -371,8 +370,8 @@ def main() -> None:
         parser.error("--records, --repeat and --hf-threads must be at least 1, --hf-records in 0..--records")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from lift_local.prompts import load_prompt
     from lift_local.phases.quality import Quality, QualityParams
+    from lift_local.prompts import load_prompt
 
     started, loads = datetime.datetime.now(), {"start": load()}
     records, warm = load_records(args.records)

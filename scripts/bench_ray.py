@@ -118,13 +118,13 @@ Goal: Ray with one replica at least 0.8x in process.
 
 
 def plot(seconds: dict[str, list[float]], records: int, path: Path) -> None:
-    from lift_local import report
+    from lift_local import figures
 
-    figure, (ax,) = report.new_figure(7, 2.4)
+    figure, (ax,) = figures.new_figure(7, 2.4)
     labels = list(seconds)
-    ax.barh(labels, [records / statistics.median(seconds[label]) for label in labels], color=report.BLUE)
+    ax.barh(labels, [records / statistics.median(seconds[label]) for label in labels], color=figures.BLUE)
     for y, label in enumerate(labels):
-        ax.plot([records / s for s in seconds[label]], [y] * len(seconds[label]), "o", color=report.GREY)
+        ax.plot([records / s for s in seconds[label]], [y] * len(seconds[label]), "o", color=figures.GREY)
     ax.invert_yaxis()
     ax.set_xlabel(f"records judged per second ({records} records, engine start included)")
     figure.savefig(path, dpi=110)

@@ -31,7 +31,7 @@ def smollm():
     It is the engine `load_chat_model` keeps for this model, so CLI commands run in the same process
     (click's CliRunner) with `--rewriter/--judge smollm2-135m-instruct` reuse it instead of starting another.
     """
-    from lift_local.llm import load_chat_model
+    from lift_local.llm.backend import load_chat_model
     from lift_local.llm.inprocess import close_engines
 
     model = load_chat_model("rewriter", SMOLLM)
@@ -47,7 +47,7 @@ def cli_models(monkeypatch):
     def load(role, override=None, **options):
         return chosen[role]
 
-    monkeypatch.setattr("lift_local.llm.load_chat_model", load)
+    monkeypatch.setattr("lift_local.llm.backend.load_chat_model", load)
     return chosen
 
 

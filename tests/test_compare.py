@@ -14,8 +14,9 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
 from lift_local.cli import main
-from lift_local.compare import NothingToCompare, ScoreTable, compare, format_report, load_scores
-from lift_local.phases.quality import DIMENSIONS, Quality, QualityParams
+from lift_local.judge.agreement import NothingToCompare, ScoreTable, compare, format_report, load_scores
+from lift_local.judge.protocol import DIMENSIONS, Score
+from lift_local.phases.quality import Quality, QualityParams
 from lift_local.records import read_records, write_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -33,7 +34,7 @@ def table(totals, dimensions=None, unscored=()):
 def judged(record, total, scores=None, status="ok", quality=None):
     """A record as lift-local's quality phase writes it."""
     judge = {"status": status, "scores": scores or {}, "total": total, "raw": "Total: ...", "retries": 0}
-    meta = {"judge": judge} if quality is None else {"judge": judge, "quality": quality}
+    meta = {"judge": judge} if quality is None else {"judge": judge, **Score(quality, 50.0).to_meta()}
     return record.with_meta(**meta)
 
 
@@ -411,8 +412,8 @@ def test_command_errors_name_the_file(five, tmp_path):
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--top", "0"], "top must be a count of at least 1 or a fraction in (0, 1], got 0"),
-    (["--top", "1.5"], "top must be a count of at least 1 or a fraction in (0, 1], got 1.5"),
+    (["--top", "0"], "Invalid value for '--top': must be a count of at least 1 or a fraction in (0, 1], got 0"),
+    (["--top", "1.5"], "Invalid value for '--top': must be a count of at least 1 or a fraction in (0, 1], got 1.5"),
     (["--top", "ten"], "Invalid value for '--top'"),
     (["--bins", "1"], "Invalid value for '--bins'"),
     (["--scale-b", "0"], "Invalid value for '--scale-b'"),

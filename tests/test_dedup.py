@@ -7,15 +7,13 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import plants
 import pytest
 from click.testing import CliRunner
-
-import plants
 from conftest import SHARED_DATA
 from fakes import run_phase
+
 from lift_local.cli import main
-from lift_local.config import load_config
-from lift_local.errors import ConfigError
 from lift_local.phases.dedup import Dedup, DedupParams, Fingerprint, lsh_bands, task_text
 from lift_local.records import read_records
 from lift_local.workbench import Workbench
@@ -169,17 +167,3 @@ def test_the_command_writes_kept_and_dropped(tmp_path, real_sample):
     assert copy.meta["duplicate_of"] == read_records(out)[0].id and copy.meta["method"] == "exact"
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--near", "1.5"], "1.5 is not in the range 0<=x<=1"),
-    (["--num-perm", "4"], "4 is not in the range x>=8"),
-    (["--shingle", "0"], "0 is not in the range x>=1"),
-])
-def test_bad_options_are_usage_errors(tmp_path, real_sample, option, message):
-    sample = real_sample("code_alpaca_2k.json", [0, 1])
-    result = CliRunner().invoke(main, ["dedup", str(sample), str(tmp_path / "o.jsonl"), *option])
-    assert result.exit_code == 2 and message in result.output
-
-
-def test_bad_config_values_are_config_errors():
-    with pytest.raises(ConfigError, match=r"\[dedup\]: 'near' must be a number, got 'high'"):
-        load_config(overrides=["dedup.near='high'"])

@@ -2,11 +2,11 @@
 
 import pytest
 from click.testing import CliRunner
-
 from fakes import FakeChat, last_user_message, run_phase
+
 from lift_local.cli import main
-from lift_local.phases.expand import Expand, ExpandParams, parse_rewrite
 from lift_local.llm import PROMPT_TOO_LONG
+from lift_local.phases.expand import Expand, ExpandParams, parse_rewrite
 from lift_local.prompts import load_prompt
 from lift_local.records import Record, content_id, read_records
 

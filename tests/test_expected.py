@@ -5,10 +5,11 @@ import json
 import math
 
 import pytest
-
 from fakes import FakeChat, last_user_message, run_phase
+
+from lift_local.judge.protocol import DIGITS, DIMENSIONS, Verdict, expected_digits, judge_schema
 from lift_local.llm import Reply
-from lift_local.phases.quality import DIGITS, DIMENSIONS, Quality, QualityParams, Verdict, expected_digits, judge_schema
+from lift_local.phases.quality import Quality, QualityParams
 from lift_local.records import Record, content_id
 
 

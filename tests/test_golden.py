@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from fakes import FakeChat, json_reply, last_user_message
+
 from lift_local.cli import main
 from lift_local.prompts import load_prompt
 from lift_local.records import read_records

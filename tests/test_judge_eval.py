@@ -5,12 +5,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from scipy import stats
-
 from conftest import SHARED_DATA
 from fakes import FakeChat, json_reply, last_user_message
+from scipy import stats
+
 from lift_local.cli import main
-from lift_local.compare import load_scores
+from lift_local.judge.agreement import load_scores
 
 REFERENCE = SHARED_DATA / "mt_bench_gpt4.jsonl"
 
@@ -41,7 +41,7 @@ def test_a_judge_that_writes_gpt4s_scores_agrees_perfectly_and_ranks_first(tmp_p
     path.write_text("".join(json.dumps(row) + "\n" for row in sample))
     judges = {"echo": FakeChat(judge_from(sample, lambda s: 10 * s), name="echo"),
               "reverse": FakeChat(judge_from(sample, lambda s: 100 - 10 * s), name="reverse")}
-    monkeypatch.setattr("lift_local.llm.load_chat_model", lambda role, override=None, **options: judges[override])
+    monkeypatch.setattr("lift_local.llm.backend.load_chat_model", lambda role, override=None, **options: judges[override])
     result = CliRunner().invoke(main, ["judge-eval", str(path), "--judge", "echo", "--judge", "reverse", "--no-expected",
                                        "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,8 @@ import jsonschema
 import pytest
 from conftest import SHARED_DATA
 
-from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling, load_chat_model
+from lift_local.llm import PROMPT_TOO_LONG, Reply, Sampling
+from lift_local.llm.backend import load_chat_model
 from lift_local.llm.cache import CachedChat
 from lift_local.records import read_records
 from lift_local.store import Store

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from lift_local import llm, models
-from lift_local.llm import inprocess
-from lift_local.llm.inprocess import close_engines
+from lift_local import models
 from lift_local.cli import main
+from lift_local.llm import backend, inprocess
+from lift_local.llm.inprocess import close_engines
 
 
 def model_folder(path):
@@ -121,9 +121,9 @@ def test_missing_package_is_reported_not_crashed_on(user_registry):
 
 def test_load_chat_model_fails_before_starting_an_engine(user_registry, tmp_path):
     with pytest.raises(models.ModelError, match="does not exist"):
-        llm.load_chat_model("judge", str(tmp_path / "nowhere"))
+        backend.load_chat_model("judge", str(tmp_path / "nowhere"))
     with pytest.raises(models.ModelError, match="needs a chat model"):
-        llm.load_chat_model("judge", "all-minilm-l6-v2")
+        backend.load_chat_model("judge", "all-minilm-l6-v2")
 
 
 @pytest.mark.parametrize(
@@ -370,9 +370,9 @@ def stub_vllm(monkeypatch):
 
 
 def test_engines_start_on_first_use_one_at_a_time(stub_vllm, user_registry, tmp_path):
-    a = llm.load_chat_model("rewriter", str(model_folder(tmp_path / "a")))
-    b = llm.load_chat_model("judge", str(model_folder(tmp_path / "b")), engine_options={"max_model_len": 1024})
-    assert llm.load_chat_model("judge", str(tmp_path / "a")) is a  # same model, same engine
+    a = backend.load_chat_model("rewriter", str(model_folder(tmp_path / "a")))
+    b = backend.load_chat_model("judge", str(model_folder(tmp_path / "b")), engine_options={"max_model_len": 1024})
+    assert backend.load_chat_model("judge", str(tmp_path / "a")) is a  # same model, same engine
     assert stub_vllm == []  # nothing starts before the first request
     for engine in (a, b, a):
         engine.llm  # noqa: B018 (starts the engine)

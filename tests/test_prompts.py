@@ -2,7 +2,8 @@
 
 import pytest
 
-from lift_local.phases.quality import DIMENSIONS, Quality
+from lift_local.judge.protocol import DIMENSIONS
+from lift_local.phases.quality import Quality
 from lift_local.prompts import Prompt, bundled_names, bundled_path, load_prompt
 from lift_local.records import InputError
 

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from lift_local.cli import main
-from lift_local.phases.quality import DIMENSIONS, Verdict
+from lift_local.judge.protocol import DIMENSIONS, Verdict
 from lift_local.records import read_records
 
 pytestmark = pytest.mark.vllm

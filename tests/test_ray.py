@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import SMOLLM
 
-from conftest import SHARED_DATA, SMOLLM
 from lift_local.records import read_records
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]

@@ -5,8 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from lift_local.records import (InputError, Record, content_id, embedding_text, iter_records, read_records,
-                                write_records)
+from lift_local.records import (
+    InputError,
+    Record,
+    content_id,
+    embedding_text,
+    iter_records,
+    read_records,
+    write_records,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA as SHARED
 from PIL import Image
 
-from conftest import SHARED_DATA as SHARED
+from lift_local.judge.protocol import DIMENSIONS, Verdict
 from lift_local.manifest import Manifest, PhaseEntry
-from lift_local.phases.quality import DIMENSIONS, Verdict, uniformity_warnings
+from lift_local.phases.quality import uniformity_warnings
 from lift_local.records import InputError, Record, read_records, write_records
 from lift_local.report import write_report
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED_DATA, SMOLLM
+
 from lift_local.cli import main
 from lift_local.records import read_records
 

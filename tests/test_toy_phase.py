@@ -8,12 +8,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from fakes import FakeChat
+from test_pipeline import judge_reply, rewriter_reply
+
 from lift_local.cli import main
 from lift_local.phases import Mapped, Phase, Selection, all_phases, option
 from lift_local.records import read_records
-from test_pipeline import judge_reply, rewriter_reply
 
 
 @pytest.fixture
@@ -86,4 +86,4 @@ def test_the_config_checks_a_new_phases_parameters(toy_phase, tmp_path, real_sam
     sample = real_sample("code_alpaca_2k.json", [0, 1])
     result = CliRunner().invoke(main, ["run", str(sample), "--out", str(tmp_path / "run"), "--set", "short.max_chars='x'"])
     assert result.exit_code == 1
-    assert "--set [short]: 'max_chars' must be an integer, got 'x'" in result.output
+    assert "--set short.max_chars='x': must be an integer, got 'x'" in result.output

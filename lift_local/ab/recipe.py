@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from ..phases import option
+from ..params import Params, option
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class Recipe(Params):
     """How every arm is fine-tuned: the same for all of them, so that only their records differ."""
 
     epochs: int = option(3, "Passes over each arm's records (the same for every arm).", low=1)
@@ -31,15 +31,6 @@ class Recipe:
     warmup: float = option(0.1, "Share of the optimizer steps spent warming the learning rate up from 0.", low=0, high=1)
     weight_decay: float = option(0.0, "AdamW weight decay.", low=0)
     seed: int = option(0, "Seed of the LoRA initialisation and the order of examples (and of the --limit sample).")
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value, low, high = getattr(self, field.name), field.metadata.get("low"), field.metadata.get("high")
-            if low is not None and (value <= low if field.metadata.get("low_open") else value < low):
-                raise ValueError(f"{field.name} must be {'above' if field.metadata.get('low_open') else 'at least'} "
-                                 f"{low}, got {value}")
-            if high is not None and value > high:
-                raise ValueError(f"{field.name} must be at most {high}, got {value}")
 
     @property
     def examples_per_step(self) -> int:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from .. import stats
+from .. import figures, stats
+from ..figures import BLUE, GREY, Plot, as_plot, duration, e, figure_html, new_figure
 from ..records import atomic_path
-from ..report import BLUE, GREY, STYLE, Plot, as_plot, duration, e, figure_html, new_figure
 from .benchmarks import BENCHMARKS
 from .evaluate import HELDOUT, ItemScores
 
@@ -59,7 +58,7 @@ def write(out_dir: Path, summary: Mapping[str, Any]) -> None:
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     with atomic_path(out_dir / TABLE) as tmp:
         tmp.write_text(text(summary) + "\n", encoding="utf-8")
-    with rc_context(STYLE), atomic_path(out_dir / FIGURE) as tmp:
+    with figures.style(), atomic_path(out_dir / FIGURE) as tmp:
         figure(summary).savefig(tmp, format="png", dpi=120)
 
 
@@ -85,19 +84,16 @@ def figure(summary: Mapping[str, Any]) -> Figure:
     table = summary["scores"]
     models = list(table)
     benchmarks = list(table[models[0]])
-    fig, axes = new_figure(2.6 * len(benchmarks) + 1.2, 0.45 * len(models) + 1.3, ncols=len(benchmarks))
+    fig, axes = new_figure(2.6 * len(benchmarks) + 1.6, 0.4 * len(models) + 1.2, ncols=len(benchmarks))
     for ax, name in zip(axes, benchmarks):
         scale = 1 if name == HELDOUT else 100
-        for y, model in enumerate(models):
-            cell = table[model][name]
-            value, low, high = (scale * cell[key] for key in ("score", "ci_low", "ci_high"))
-            ax.errorbar([value], [y], xerr=[[value - low], [high - value]], fmt="o", capsize=3,
-                        color=GREY if y == 0 else BLUE)
-        ax.set_yticks(range(len(models)), models if ax is axes[0] else [])
-        ax.set_ylim(len(models) - 0.5, -0.5)
+        cells = [table[model][name] for model in models]
+        values, lows, highs = ([scale * cell[key] for cell in cells] for key in ("score", "ci_low", "ci_high"))
+        figures.interval_bars(ax, models, values, lows, highs, [GREY, *[BLUE] * (len(models) - 1)])
+        if ax is not axes[0]:
+            ax.tick_params(labelleft=False)
         ax.set_title(title(name))
         ax.set_xlabel("NLL per token (lower is better)" if name == HELDOUT else "accuracy %")
-        ax.grid(axis="x", alpha=0.3)
     return fig
 
 
@@ -119,7 +115,7 @@ def report_section(ab: Mapping[str, Any], run_name: str) -> tuple[str, list[Plot
     sentences = "".join(f"<li>{e(pair['sentence'])}</li>" for pair in ab["pairs"])
     recipe = ", ".join(f"{key} {value}" for key, value in ab["recipe"].items())
     training = ", ".join(f"{name} {duration(arm['training']['seconds'])}" for name, arm in ab["arms"].items())
-    with rc_context(STYLE):
+    with figures.style():
         plot = as_plot("ab", figure(ab), alt="Each model's score on each benchmark with its 95% interval.",
                        caption="Scores with 95% bootstrap intervals over items; the untouched base model in grey. "
                        "Overlapping intervals do not settle a comparison: the sentences above test the paired "

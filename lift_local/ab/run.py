@@ -23,7 +23,8 @@ from .. import card, models, pipeline
 from ..errors import ConfigError, InputError
 from ..manifest import Manifest
 from ..records import Record, read_records
-from ..report import duration, write_report
+from ..figures import duration
+from ..report import write_report
 from . import results, train
 from .benchmarks import check_benchmarks
 from .evaluate import ItemScores, evaluate

@@ -3,17 +3,15 @@
 Phases never import vLLM; they receive a `ChatModel`. The backends live beside this module: `inprocess`
 (a vLLM engine in this process) and `server` (an OpenAI-compatible endpoint such as `vllm serve` on the
 user's own network); `cache.CachedChat` wraps either so that every finished reply is stored at once and an
-interrupted phase redoes only what is missing. `load_chat_model` builds the model a role is assigned.
+interrupted phase redoes only what is missing; `backend.load_chat_model` builds the model a role is assigned.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
-
-from .. import models
 
 Conversation = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": "..."}]
 
@@ -94,32 +92,3 @@ def check_sampling(temperature: float, max_tokens: int, name: str = "temperature
         raise ValueError(f"{name} must be between 0 and 2, got {temperature}")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-
-
-def load_chat_model(
-    role: str,
-    override: str | None = None,
-    *,
-    server_url: str | None = None,
-    api_key: str = "EMPTY",
-    max_concurrency: int = 32,
-    engine_options: Mapping[str, Any] | None = None,
-) -> ChatModel:
-    """The model for `role` ("rewriter" or "judge").
-
-    With `server_url`: a client of that OpenAI-compatible server, asking for the served model `override`
-    (default: the server's only model). Otherwise a vLLM engine in this process for the registry's model or
-    `override` (a registered name or a model folder), with `engine_options` (vllm.LLM settings) over the
-    registry entry's. A packaged model is converted on first use. When rewriter and judge are the same
-    model, they share one engine. Nothing starts (or imports vLLM) until the first request.
-    """
-    if server_url:
-        from .server import ServerChat
-
-        return ServerChat(server_url, override, api_key=api_key, max_concurrency=max_concurrency)
-    from .inprocess import shared_engine
-
-    spec = models.resolve(role, override)
-    if spec.kind != "chat":
-        raise models.ModelError(f"model {spec.name} is an {spec.kind} model; the {role} needs a chat model")
-    return shared_engine(models.ensure_present(spec), spec.name, {**spec.vllm, **(engine_options or {})})

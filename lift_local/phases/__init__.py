@@ -28,37 +28,27 @@ import pkgutil
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ..llm import Sampling, check_sampling
+from ..llm import Sampling
+from ..params import Params, option
 from ..records import Record
 
 if TYPE_CHECKING:
     from ..embed import Embedder
+    from ..figures import Plot
     from ..llm import ChatModel
-    from ..manifest import PhaseEntry
+    from ..manifest import PhaseEntry, RunFolder
     from ..prompts import Prompt
-    from ..report import Plot, RunFolder
-
-
-def option(default: Any, help: str, **cli: Any) -> Any:
-    """A parameter field: its default, and the help its command-line option shows. `cli` holds more for the
-    option: `flags` (e.g. ("-k",)), `low`/`high` (a range checked as the option is read; `low_open` excludes
-    `low`), `required` (the command asks for it though `run` has a default), `metavar`, and `parse` (text
-    to value, for types other than numbers, strings and choices)."""
-    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationParams:
+class GenerationParams(Params):
     """The sampling settings of a phase that asks an LLM for text."""
 
     temperature: float = option(0.7, "Sampling temperature.", low=0, high=2)
     max_tokens: int = option(
         1024, "Longest reply in tokens; a reply cut off there is not used, and is counted.", low=1
     )
-    seed: int = option(0, "Sampling seed: the same seed repeats the same requests.")
-
-    def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.max_tokens)
+    seed: int = option(0, "Sampling seed: the same seed repeats the same requests.", low=0)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
@@ -142,7 +132,8 @@ class Phase:
 
     - `name`: the command, the config section and the run folder's file names
     - `title`: as the paper (or the field) names it, for the report
-    - `params`: a frozen dataclass (see `option`); its fields are the config keys and the command's options
+    - `params`: a frozen `Params` dataclass (see `params.option`); its fields are the config keys and the
+      command's options
     - `order`: its place in `lift-local run`, ascending
     - `roles`: the models `map` uses: "rewriter", "judge", "embedder"
     - `prompts`: the prompt templates by command-line option ("prompt", "answer_prompt") -> template name,

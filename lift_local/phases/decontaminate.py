@@ -59,11 +59,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import report
-from ..errors import InputError
+from .. import figures
+from ..errors import InputError, ParameterError
+from ..figures import Plot
+from ..manifest import RunFolder
+from ..params import Params, option
 from ..records import Record, parse_json_items, read_text
-from ..report import Plot, RunFolder
-from . import Kit, Mapped, Outcome, Phase, Selection, option
+from . import Kit, Mapped, Outcome, Phase, Selection
 from .dedup import normalise, record_text, report_bars, words
 
 BUNDLED = ("humaneval", "mbpp", "gsm8k", "mmlu", "arc_challenge", "arc_easy", "truthfulqa")
@@ -90,10 +92,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecontaminateParams:
+class DecontaminateParams(Params):
     benchmarks: str = option(
         "all", f"Bundled test sets to check against, comma-separated ({', '.join(BUNDLED)}), all, or none.",
-        metavar="NAMES",
+        metavar="NAMES", check=_names,
     )
     benchmark_file: tuple[str, ...] = option(
         (), "Your own test set to check against as well: JSONL, a JSON array, CSV or TSV, one item a line or "
@@ -117,9 +119,10 @@ class DecontaminateParams:
     files_sha256: str = dataclasses.field(default="", init=False)
 
     def __post_init__(self) -> None:
-        _names(self.benchmarks)
+        super().__post_init__()
         if not _names(self.benchmarks) and not self.benchmark_file:
-            raise ValueError("benchmarks = 'none' and no --benchmark-file: there is nothing to check against")
+            raise ParameterError(type(self).__name__, "benchmarks",
+                                 "is 'none' and there is no benchmark_file: nothing to check against")
         digest = hashlib.sha256(self.benchmark_field.encode())
         for file in self.benchmark_file:
             read_benchmark_file(Path(file), self.benchmark_field)  # a bad file fails now, not after expansion
@@ -409,7 +412,7 @@ class Decontaminate(Phase, name="decontaminate", title="Decontamination", params
     @classmethod
     def notes(cls, stats: dict[str, Any]) -> str:
         items = sum(stats["items"].values())
-        return f"removed {stats['removed']} ({report.compact(stats['by_method'])}); checked against {items} items"
+        return f"removed {stats['removed']} ({figures.compact(stats['by_method'])}); checked against {items} items"
 
     @classmethod
     def warnings(cls, entry) -> list[str]:
@@ -418,7 +421,7 @@ class Decontaminate(Phase, name="decontaminate", title="Decontamination", params
             return []
         found = ", ".join(f"{name} {n}" for name, n in stats["by_benchmark"].items() if n)
         return [f"<b>Decontamination:</b> {stats['removed']} records contained benchmark test items "
-                f"({report.e(found)}) and were removed; a model trained on the rest can be evaluated on them."]
+                f"({figures.e(found)}) and were removed; a model trained on the rest can be evaluated on them."]
 
     @classmethod
     def report(cls, run: RunFolder) -> tuple[str, list[Plot]]:
@@ -432,19 +435,19 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
     alt = "Bars: records removed for containing an item of each benchmark."
     caption = (
         f"{stats['removed']} of {stats['records_in']} records contained a benchmark test item "
-        f"({report.compact(stats['by_method'])}), by the benchmark of the item they matched best."
+        f"({figures.compact(stats['by_method'])}), by the benchmark of the item they matched best."
     )
-    plot = report.as_plot("decontaminate_removed", figure, alt=alt, caption=caption)
-    parts = ["<h2>Decontamination</h2>", report.figure_html(plot)]
+    plot = figures.as_plot("decontaminate_removed", figure, alt=alt, caption=caption)
+    parts = ["<h2>Decontamination</h2>", figures.figure_html(plot)]
     if stats.get("too_short"):
-        parts.append(f"<p class=\"muted\">Items too short to check: {report.e(report.compact(stats['too_short']))}.</p>")
+        parts.append(f"<p class=\"muted\">Items too short to check: {figures.e(figures.compact(stats['too_short']))}.</p>")
     for benchmark, count in stats["by_benchmark"].items():
-        examples = [r for r in removed if r.meta.get("benchmark") == benchmark][:report.EXAMPLES]
+        examples = [r for r in removed if r.meta.get("benchmark") == benchmark][:figures.EXAMPLES]
         if not examples:
             continue
         items = [Record(r.meta["benchmark_text"], "", "", r.meta["contaminated_by"]) for r in examples]
-        parts.append(f"<h3>{report.e(benchmark)} ({count})</h3>")
-        parts.append(report.examples_html(
+        parts.append(f"<h3>{figures.e(benchmark)} ({count})</h3>")
+        parts.append(figures.examples_html(
             ("Removed record", "dropped", examples),
             ("The benchmark item it matched", "kept", items),
             facts=lambda r: [("by", r.meta["method"]), ("similarity", f"{r.meta['similarity']:.3f}")] if r.meta else [],

@@ -41,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import report
+from .. import figures
+from ..figures import Plot
+from ..manifest import RunFolder
+from ..params import Params, option
 from ..records import Record
-from ..report import Plot, RunFolder
-from . import Kit, Mapped, Outcome, Phase, Selection, option
+from . import Kit, Mapped, Outcome, Phase, Selection
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,7 +62,7 @@ _MISS_WEIGHT = 10  # a missed near duplicate is lost; a false candidate only cos
 
 
 @dataclasses.dataclass(frozen=True)
-class DedupParams:
+class DedupParams(Params):
     near: float = option(
         0.8, "Near duplicates: two records whose word 3-gram shingles have at least this Jaccard similarity "
         "(MinHash estimate); 0 turns the check off.", low=0, high=1,
@@ -73,7 +75,7 @@ class DedupParams:
     num_perm: int = option(
         128, "MinHash permutations: more estimate similarity more closely, at 4 bytes each per record.", low=8
     )
-    seed: int = option(0, "Seed of the MinHash permutations and of the k-means clustering.")
+    seed: int = option(0, "Seed of the MinHash permutations and of the k-means clustering.", low=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,14 +318,14 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
         "check sees only what the previous kept). Exact: same normalised text; near: MinHash Jaccard of word "
         "3-grams; semantic: cosine of embeddings."
     )
-    plot = report.as_plot("dedup_removed", figure, alt=alt, caption=caption)
-    parts = ["<h2>Deduplication</h2>", report.figure_html(plot)]
+    plot = figures.as_plot("dedup_removed", figure, alt=alt, caption=caption)
+    parts = ["<h2>Deduplication</h2>", figures.figure_html(plot)]
     for method in METHODS:
-        examples = [r for r in dropped if r.meta.get("method") == method][:report.EXAMPLES]
+        examples = [r for r in dropped if r.meta.get("method") == method][:figures.EXAMPLES]
         if not examples:
             continue
         parts.append(f"<h3>{method.title()} duplicates ({stats['removed'][method]})</h3>")
-        parts.append(report.examples_html(
+        parts.append(figures.examples_html(
             ("Removed", "dropped", examples),
             ("The kept record it duplicates", "kept", [kept[r.meta["duplicate_of"]] for r in examples]),
             facts=lambda r: [("similarity", f"{r.meta['similarity']:.3f}")] if "similarity" in r.meta else [],
@@ -333,9 +335,9 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
 
 def report_bars(counts: dict[str, int], label: str) -> Figure:
     """Horizontal bars of counts by name, each labelled with its count."""
-    figure, (ax,) = report.new_figure(8, 0.4 * len(counts) + 0.9)
+    figure, (ax,) = figures.new_figure(8, 0.4 * len(counts) + 0.9)
     names, values = list(counts), list(counts.values())
-    ax.barh(names, values, color=report.DROPPED)
+    ax.barh(names, values, color=figures.DROPPED)
     ax.invert_yaxis()
     ax.set_xlim(0, max(values + [1]) * 1.2)
     ax.set_xlabel(label)

@@ -24,8 +24,9 @@ import re
 from collections import Counter
 from typing import Any, Literal
 
-from ..records import Record, content_id
-from . import Executor, GenerationParams, Kit, Mapped, Outcome, Phase, option
+from ..params import option
+from ..records import EXPANDED, Provenance, Record, content_id
+from . import Executor, GenerationParams, Kit, Mapped, Outcome, Phase
 
 # A label the rewriter may put before its rewrite ("Rewritten prompt:", "**Rewritten Task**:").
 _LABEL = re.compile(r"\A[\s#*]*rewritten\s+(?:prompt|task|instruction)[\s#*]*:[\s*]*", re.IGNORECASE)
@@ -44,13 +45,6 @@ class ExpandParams(GenerationParams):
         "(constraints, rarer requirements, misleading code, complexity).",
         required=True,
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
-        if self.task not in ("nlu", "code"):
-            raise ValueError(f"task must be 'nlu' or 'code', got {self.task!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +109,8 @@ class Expand(Phase, name="expand", title="Expansion", params=ExpandParams, order
             instruction, input = parse_rewrite(reply.text)
             features = Rewrite(_problem(reply.status, parent, instruction, input), _key(instruction, input),
                                _key(parent.instruction, parent.input))
-            meta = {"origin": "expanded", "round": round, "parent": parent.id,
-                    "root": parent.meta.get("root", parent.id), "task": self.params.task, "rewriter": rewriter.name}
+            provenance = Provenance(EXPANDED, round=round, parent=parent.id, root=Provenance.of(parent).root or parent.id)
+            meta = {**provenance.to_meta(), "task": self.params.task, "rewriter": rewriter.name}
             drafts.append(Mapped(Record(instruction, input, "", id=parent.id, meta=meta), features))
         return drafts
 

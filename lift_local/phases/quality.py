@@ -1,9 +1,7 @@
 """LIFT phase 4, quality compression: keep the N records with the best judge score and length score.
 
-The judge replies in JSON constrained to one bounded integer per dimension; the total is computed here,
-never taken from the judge. A reply that does not parse is never a score: the judge is asked again (with
-another seed, at `retry_temperature`) up to `retries` times, and a record still without a valid reply is
-reported and left out of the ranking. Each record keeps the raw reply, the parse status and the retry count.
+The judge is asked as `judge.protocol` says: a reply that does not parse is never a score, and a record
+still without a valid reply after the retries is reported and left out of the ranking.
 
 Judges tend to give near-uniform scores (LIFT.md, known weaknesses), which makes the selection little better
 than random: the result carries every dimension's distribution, a warning when the totals are nearly
@@ -13,63 +11,45 @@ uniform, and a random subset of the same size to compare against.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import random
-import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import report
-from ..llm import ChatModel, Reply, Sampling, check_sampling
-from ..manifest import PhaseEntry
-from ..prompts import Prompt
+from .. import figures
+from ..figures import Plot
+from ..judge.protocol import (
+    DIMENSIONS,
+    Score,
+    Verdict,
+    check_top,
+    count_or_fraction,
+    judge_records,
+    length_score,
+    record_length,
+    selection_size,
+)
+from ..manifest import PhaseEntry, RunFolder
+from ..params import option
 from ..records import Record
-from ..report import Plot, RunFolder
-from . import GenerationParams, Kit, Mapped, Outcome, Phase, Selection, option
+from . import GenerationParams, Kit, Mapped, Outcome, Phase, Selection
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# LIFT's rubric: dimension -> maximum score; the maxima add up to 100.
-DIMENSIONS = {"clarity": 15, "difficulty": 25, "explanation": 25, "accuracy": 35}
-DIGITS = {name: 9 for name in DIMENSIONS}  # the rubric of expected scores: one digit a dimension
-
-
-def judge_schema(maxima: dict[str, int]) -> dict[str, Any]:
-    """The JSON the judge must reply with: one bounded integer per dimension."""
-    properties = {name: {"type": "integer", "minimum": 0, "maximum": top} for name, top in maxima.items()}
-    return {"type": "object", "properties": properties, "required": list(maxima), "additionalProperties": False}
-
-
-JUDGE_SCHEMA = judge_schema(DIMENSIONS)
-# vLLM's default cap on top logprobs (max_logprobs); above the 10 digits, so every value is read.
-TOP_LOGPROBS = 20
-# In a JSON reply, the text just before a dimension's value: `"accuracy":` (any spacing).
-_BEFORE_VALUE = re.compile(r'"(' + "|".join(DIMENSIONS) + r')"\s*:\s*$')
 # Totals are "nearly uniform" when their standard deviation is below UNIFORM_STD points (of 100), or when
 # one total is shared by more than UNIFORM_SHARE of the scored records.
 UNIFORM_STD = 3.0
 UNIFORM_SHARE = 0.5
 _BARS = " ▁▂▃▄▅▆▇█"
-_UNANSWERED = ("truncated", "prompt_too_long")  # reply statuses that explain a reply that does not parse
-
-
-def count_or_fraction(value: str) -> int | float:
-    """`--top`'s text as a count of records (10000) or a fraction of them (0.5)."""
-    try:
-        return int(value) if value.strip().isdigit() else float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is neither a count nor a fraction") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class QualityParams(GenerationParams):
     top: int | float = option(
         10_000, "How many records to keep: a number (10000) or a fraction of IN (0.5).", flags=("-n",),
-        metavar="N|FRACTION", parse=count_or_fraction,
+        metavar="N|FRACTION", parse=count_or_fraction, check=check_top,
     )  # the paper: 10k for code, 15k for NLU
     retries: int = option(
         2, "Extra requests for a record whose judge reply is not valid; each retry uses another seed.", low=0
@@ -94,67 +74,9 @@ class QualityParams(GenerationParams):
         "rubric (the judge prompt), ranked by the values written.",
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        count = isinstance(self.top, int) and not isinstance(self.top, bool) and self.top >= 1
-        fraction = isinstance(self.top, float) and 0 < self.top <= 1
-        if not (count or fraction):
-            raise ValueError(f"top must be a count of at least 1 or a fraction in (0, 1], got {self.top!r}")
-        if self.retries < 0:
-            raise ValueError(f"retries must be at least 0, got {self.retries}")
-        if self.judge_weight < 0 or self.length_weight < 0:
-            raise ValueError("judge_weight and length_weight must not be negative")
-        if not 0 < self.length_percentile <= 100:
-            raise ValueError(f"length_percentile must be in (0, 100], got {self.length_percentile}")
-        check_sampling(self.retry_temperature, self.max_tokens, name="retry_temperature")
-
     def count(self, records: int) -> int:
         """N for a data set of `records` records."""
-        if isinstance(self.top, float):
-            return max(1, round(self.top * records))
-        return self.top
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """The judge's verdict on one record, as `meta["judge"]` holds it. `scores` and `total` are set only
-    when the status is 'ok': a reply that does not parse is never a score."""
-
-    status: str  # 'ok', a parse status of `parse_judge_reply`, 'truncated' or 'prompt_too_long'
-    raw: str
-    retries: int
-    model: str
-    scores: dict[str, float] | None = None  # the values the judge wrote, in points of LIFT's rubric
-    total: float | None = None
-    # With expected scores: each dimension's probability-weighted score in points, and their sum. A
-    # dimension whose distribution could not be read keeps the value written and is named in `fallback`;
-    # `missing_values` counts the digits that had no probability where the distribution was read.
-    expected: dict[str, float] | None = None
-    expected_total: float | None = None
-    fallback: list[str] | None = None
-    missing_values: int | None = None
-
-    @property
-    def ranking_total(self) -> float | None:
-        """What the selection ranks by: the expected total where there is one."""
-        return self.expected_total if self.expected_total is not None else self.total
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Verdict:
-        return cls(**{field.name: data.get(field.name) for field in dataclasses.fields(cls)})
-
-    @classmethod
-    def of(cls, record: Record) -> Verdict | None:
-        """The verdict a record carries, if the judge has seen it."""
-        data = record.meta.get("judge")
-        return cls.from_json(data) if isinstance(data, dict) else None
+        return selection_size(self.top, records)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +172,7 @@ class Quality(
                 failures.append(i)
                 continue
             score = length_score(f.length, threshold)
-            meta[i] = {"length_score": score, "quality": params.judge_weight * f.total + params.length_weight * score}
+            meta[i] = Score(params.judge_weight * f.total + params.length_weight * score, score).to_meta()
             ranked.append(i)
         ranked.sort(key=lambda i: -meta[i]["quality"])  # stable: equal scores keep their input order
 
@@ -335,132 +257,6 @@ class Quality(
         return _report(run)
 
 
-def judge_records(records: list[Record], judge: ChatModel, params: QualityParams, prompt: Prompt) -> list[Verdict]:
-    """One verdict per record; each retry asks again only for the failures.
-
-    A status is 'ok', a parse status of `parse_judge_reply`, or 'truncated' / 'prompt_too_long' when the
-    reply was cut off or never came; the latter is not asked again.
-    """
-    conversations = [prompt.conversation(r.instruction, r.input, r.output) for r in records]
-    maxima = DIGITS if params.expected else DIMENSIONS
-    verdicts: list[Verdict | None] = [None] * len(records)
-    pending = list(range(len(records)))
-    for attempt in range(params.retries + 1):
-        if not pending:
-            break
-        sampling = Sampling(
-            temperature=params.temperature if attempt == 0 else params.retry_temperature,
-            max_tokens=params.max_tokens,
-            seed=params.seed + attempt,
-            logprobs=TOP_LOGPROBS if params.expected else 0,
-        )
-        label = "quality: judge" if attempt == 0 else f"quality: judge retry {attempt}"
-        asked = [conversations[i] for i in pending]
-        replies = judge.chat(asked, sampling, json_schema=judge_schema(maxima), label=label)
-        for index, reply in zip(pending, replies, strict=True):
-            status, written = parse_judge_reply(reply.text, maxima)
-            if status != "ok" and reply.status in _UNANSWERED:
-                status = reply.status
-            verdicts[index] = _verdict(status, reply, attempt, judge.name, written, params.expected)
-        # Asking again cannot shorten a prompt the model does not accept.
-        pending = [i for i in pending if verdicts[i].status not in ("ok", "prompt_too_long")]
-    return verdicts  # type: ignore[return-value]
-
-
-def _verdict(status: str, reply: Reply, retries: int, model: str, written: dict[str, int] | None,
-             expected: bool) -> Verdict:
-    """The verdict, with every score in points of LIFT's rubric (a digit d of a dimension worth m points is
-    d * m / 9)."""
-    if written is None:
-        return Verdict(status, reply.text, retries, model)
-    if not expected:
-        return Verdict(status, reply.text, retries, model, written, sum(written.values()))
-    scores = {name: written[name] * top / 9 for name, top in DIMENSIONS.items()}
-    read = expected_digits(reply)
-    fallback = [name for name in DIMENSIONS if name not in read]
-    means = {name: read[name][0] * top / 9 if name in read else scores[name] for name, top in DIMENSIONS.items()}
-    return Verdict(status, reply.text, retries, model, scores, sum(scores.values()), means, sum(means.values()),
-                   fallback, sum(10 - read[name][1] for name in read))
-
-
-def expected_digits(reply: Reply) -> dict[str, tuple[float, int]]:
-    """Each dimension's expected digit and how many of the ten digits had a probability, read at the
-    position where the judge wrote that dimension's digit; a dimension whose position or probabilities are
-    not in the reply is absent, and so is one whose value goes on in the next token (a number of several
-    tokens: its first token's probabilities are not the value's). Probabilities are renormalised over the
-    digits read (a digit outside the top logprobs has none); a digit with and without a leading space
-    counts as one value."""
-    found: dict[str, tuple[float, int]] = {}
-    tokens, text = reply.tokens or [], ""
-    for i, (token, top) in enumerate(zip(tokens, reply.logprobs or [])):
-        before = _BEFORE_VALUE.search(text)
-        ends = i + 1 == len(tokens) or not tokens[i + 1].strip()[:1].isdigit()
-        if before and _digit(token) is not None and ends and before.group(1) not in found:
-            probabilities = dict.fromkeys(range(10), 0.0)
-            for candidate, logprob in top.items():
-                if (digit := _digit(candidate)) is not None:
-                    probabilities[digit] += math.exp(logprob)
-            mass = sum(probabilities.values())
-            mean = sum(digit * p for digit, p in probabilities.items()) / mass
-            found[before.group(1)] = (mean, sum(p > 0 for p in probabilities.values()))
-        text += token
-    return found
-
-
-def _digit(token: str) -> int | None:
-    token = token.strip()
-    return int(token) if len(token) == 1 and token.isdigit() else None
-
-
-def parse_judge_reply(text: str, maxima: dict[str, int] = DIMENSIONS) -> tuple[str, dict[str, int] | None]:
-    """(status, scores): 'ok' with every dimension's integer score, or why the reply is not a score.
-
-    Statuses: empty, invalid_json (no JSON object in the text), missing_field, not_integer, out_of_range.
-    Text around the JSON object (a code fence, a sentence) is ignored; so are keys beyond the rubric.
-    """
-    if not text.strip():
-        return "empty", None
-    found = _first_json_object(text)
-    if found is None:
-        return "invalid_json", None
-    if any(name not in found for name in DIMENSIONS):
-        return "missing_field", None
-    scores = {}
-    for name, top in maxima.items():
-        value = found[name]
-        # JSON Schema counts 12.0 as an integer; True is a bool, not a score.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            return "not_integer", None
-        if not 0 <= value <= top:
-            return "out_of_range", None
-        scores[name] = int(value)
-    return "ok", scores
-
-
-def _first_json_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-            return value
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-    return None
-
-
-def record_length(record: Record) -> int:
-    """L: characters of instruction, input and output, tabs and newlines not counted (as in the paper)."""
-    text = record.instruction + record.input + record.output
-    return len(text.replace("\t", "").replace("\n", ""))
-
-
-def length_score(length: int, threshold: float) -> float:
-    """100 for a record at least as long as T, else proportionally less."""
-    if length >= threshold:
-        return 100.0
-    return 100.0 * length / threshold
-
 
 def uniformity_warnings(totals: list[int]) -> list[str]:
     if len(totals) < 2:
@@ -494,21 +290,19 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
             "The judge's score on each dimension, over its full range. A judge that gives everyone the same "
             "score makes quality selection no better than random; look for spread."
         )
-        plots.append(report.as_plot("judge_dimensions", figure, alt=alt, caption=caption))
+        plots.append(figures.as_plot("judge_dimensions", figure, alt=alt, caption=caption))
 
-        kept_quality = [r.meta["quality"] for r in judged if r.id in kept_ids]
-        rest_quality = [r.meta["quality"] for r in judged if r.id not in kept_ids]
+        kept_quality = [Score.of(r).quality for r in judged if r.id in kept_ids]
+        rest_quality = [Score.of(r).quality for r in judged if r.id not in kept_ids]
         cutoff = min(kept_quality) if kept_quality else None
         totals = [Verdict.of(r).total for r in judged]
         expected = [Verdict.of(r).expected_total for r in judged if Verdict.of(r).expected_total is not None]
         figure = _scores_figure(
-            totals, expected, report.meta_values(scored, "length_score"), kept_quality, rest_quality, cutoff
+            totals, expected, [Score.of(r).length_score for r in judged], kept_quality, rest_quality, cutoff
         )
         alt = "Histograms of judge total, length score and final quality, with the kept records' cut-off."
-        params = entry.params
-        weights = (
-            f"{params.get('judge_weight', 0.9):g} × judge + {params.get('length_weight', 0.1):g} × length"
-        )
+        params = entry.params_as(QualityParams)
+        weights = f"{params.judge_weight:g} × judge + {params.length_weight:g} × length"
         caption = (
             f"Judge total, length score and final quality = {weights}. "
             f"The top {len(kept_ids)} by final quality are kept"
@@ -521,33 +315,33 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
                 f"{len(set(expected))} distinct values where the written totals take {len(set(totals))}: "
                 f"they broke {len(set(expected)) - len(set(totals))} ties."
             )
-        plots.append(report.as_plot("scores", figure, alt=alt, caption=caption))
-    ranked = sorted(judged, key=lambda r: r.meta["quality"], reverse=True)
-    examples = report.examples_html(
-        ("Kept: highest quality", "kept", ranked[:report.EXAMPLES]),
-        ("Not kept: lowest quality", "dropped", ranked[::-1][:report.EXAMPLES]),
+        plots.append(figures.as_plot("scores", figure, alt=alt, caption=caption))
+    ranked = sorted(judged, key=lambda r: Score.of(r).quality, reverse=True)
+    examples = figures.examples_html(
+        ("Kept: highest quality", "kept", ranked[:figures.EXAMPLES]),
+        ("Not kept: lowest quality", "dropped", ranked[::-1][:figures.EXAMPLES]),
         facts=_quality_facts,
     )
-    parts = ["<h2>Quality compression</h2>", *map(report.figure_html, plots), examples]
+    parts = ["<h2>Quality compression</h2>", *map(figures.figure_html, plots), examples]
     if "baseline" in entry.side:
         parts.append(
-            f"<p>A random subset of the same size, to compare with: <code>{report.e(entry.side['baseline'])}</code>.</p>"
+            f"<p>A random subset of the same size, to compare with: <code>{figures.e(entry.side['baseline'])}</code>.</p>"
         )
     if failed:
         counts = Counter(Verdict.of(r).status for r in failed)
-        parts.append(f"<h3>Judge failures ({len(failed)}: {report.e(report.compact(dict(counts)))})</h3>")
+        parts.append(f"<h3>Judge failures ({len(failed)}: {figures.e(figures.compact(dict(counts)))})</h3>")
         parts.append("<p>The judge's replies that gave no score, first of them:</p>")
         parts.append(
-            f'<div class="examples">{report.cards_html(failed[:report.EXAMPLES], "dropped", _failure_facts, _raw_reply)}</div>'
+            f'<div class="examples">{figures.cards_html(failed[:figures.EXAMPLES], "dropped", _failure_facts, _raw_reply)}</div>'
         )
     return "\n".join(parts), plots
 
 
 def _dimensions_figure(scores: dict[str, list[int]]) -> Figure:
-    figure, axes = report.new_figure(10, 2.6, ncols=len(scores), histogram=True)
+    figure, axes = figures.new_figure(10, 2.6, ncols=len(scores), histogram=True)
     for ax, (dim, values) in zip(axes, scores.items(), strict=True):
         top = DIMENSIONS[dim]
-        ax.hist(values, bins=np.arange(-0.5, top + 1.5), color=report.BLUE)
+        ax.hist(values, bins=np.arange(-0.5, top + 1.5), color=figures.BLUE)
         ax.set_xlim(-0.5, top + 0.5)
         ax.set_xticks(np.linspace(0, top, 6))  # up to the maximum: a judge avoiding full marks leaves a gap
         ax.xaxis.set_major_formatter("{x:g}")
@@ -562,16 +356,16 @@ def _scores_figure(
     cutoff: float | None,
 ) -> Figure:
     """Judge total (and the expected total beside it, where there is one), length score, final quality."""
-    figure, axes = report.new_figure(12 if expected else 10, 2.8, ncols=4 if expected else 3, histogram=True)
+    figure, axes = figures.new_figure(12 if expected else 10, 2.8, ncols=4 if expected else 3, histogram=True)
     bins = np.linspace(0, 100, 41)
     histograms = [("judge total, written" if expected else "judge total", totals)]
     histograms += [("judge total, expected", expected)] if expected else []
     histograms += [("length score", lengths)]
     for ax, (title, values) in zip(axes, histograms):
-        ax.hist(values, bins=bins, color=report.BLUE)
+        ax.hist(values, bins=bins, color=figures.BLUE)
         ax.set(title=title, xlabel="score")
     axes[0].set_ylabel("records")
-    report.selection_histogram(axes[-1], kept, rest, bins, "not kept", cutoff, "cut-off {:.1f}")
+    figures.selection_histogram(axes[-1], kept, rest, bins, "not kept", cutoff, "cut-off {:.1f}")
     axes[-1].set(title="final quality", xlabel="score")
     axes[-1].legend(frameon=False, loc="upper left")
     for ax in axes:
@@ -584,10 +378,10 @@ def _quality_facts(record: Record) -> list[tuple[str, str]]:
     dims = ", ".join(f"{dim[:4]} {verdict.scores[dim]:.3g}" for dim in DIMENSIONS)
     expected = [] if verdict.expected_total is None else [("expected", f"{verdict.expected_total:.1f}")]
     return [
-        ("quality", f"{record.meta['quality']:.1f}"),
+        ("quality", f"{Score.of(record).quality:.1f}"),
         ("judge", f"{verdict.total:.3g} ({dims})"),
         *expected,
-        ("length", f"{record.meta.get('length_score', 0):.0f}"),
+        ("length", f"{Score.of(record).length_score:.0f}"),
     ]
 
 
@@ -602,7 +396,7 @@ def _raw_reply(record: Record) -> list[tuple[str, str]]:
 
 def _judged(record: Record) -> bool:
     verdict = Verdict.of(record)
-    return verdict is not None and verdict.ok and "quality" in record.meta
+    return verdict is not None and verdict.ok and Score.of(record) is not None
 
 
 def _warnings(entry: PhaseEntry) -> list[str]:
@@ -612,17 +406,17 @@ def _warnings(entry: PhaseEntry) -> list[str]:
     texts = stats.get("warnings", uniform)
     found = []
     if texts:
-        found.append(f"<b>Quality compression:</b> {'; '.join(map(report.e, texts))}.")
+        found.append(f"<b>Quality compression:</b> {'; '.join(map(figures.e, texts))}.")
         if stats.get("uniform_warning") and "baseline" in entry.side:
             found[-1] += (
                 " Compare the curated set with the random subset of the same size in "
-                f"<code>{report.e(entry.side['baseline'])}</code>."
+                f"<code>{figures.e(entry.side['baseline'])}</code>."
             )
     failed = stats.get("failed", {})
     if sum(failed.values()):
         found.append(
             f"<b>The judge's reply could not be used for {sum(failed.values())} of "
-            f"{stats.get('ok', 0) + sum(failed.values())} records</b> ({report.e(report.compact(failed))}). "
+            f"{stats.get('ok', 0) + sum(failed.values())} records</b> ({figures.e(figures.compact(failed))}). "
             "They have no score; the first of their raw replies are shown under Quality compression."
         )
     return found

@@ -9,7 +9,6 @@ it relies on scikit-learn's deterministic sign convention (largest loading of ea
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,11 +16,13 @@ from matplotlib.ticker import PercentFormatter
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from .. import report
+from .. import figures
 from ..errors import NothingSelected
+from ..figures import Plot
+from ..manifest import RunFolder
+from ..params import Params, option
 from ..records import Record, embedding_text
-from ..report import Plot, RunFolder
-from . import Kit, Mapped, Outcome, Phase, Selection, option
+from . import Kit, Mapped, Outcome, Phase, Selection
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,7 +31,7 @@ _CHUNK_ROWS = 8192  # rows processed at a time (standardising was fastest with 8
 
 
 @dataclasses.dataclass(frozen=True)
-class VarietyParams:
+class VarietyParams(Params):
     """The paper's: 95% of the variance, 20% of the records."""
 
     variance: float = option(
@@ -40,12 +41,6 @@ class VarietyParams:
     keep: float = option(
         0.2, "Share of records to keep: those with the highest row variance.", low=0, low_open=True, high=1
     )
-
-    def __post_init__(self) -> None:
-        for name in ("variance", "keep"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
-                raise ValueError(f"VarietyParams.{name} must be a number in (0, 1], got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +189,9 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
             "is where the curve first reaches the target; a curve that rises slowly means the embeddings "
             "spread over many directions."
         )
-        plots.append(report.as_plot("pca_variance", figure, alt=alt, caption=caption))
+        plots.append(figures.as_plot("pca_variance", figure, alt=alt, caption=caption))
     figure = _row_variance_figure(
-        report.meta_values(kept, "row_variance"), report.meta_values(dropped, "row_variance"), stats.get("threshold")
+        figures.meta_values(kept, "row_variance"), figures.meta_values(dropped, "row_variance"), stats.get("threshold")
     )
     alt = "Histogram of row variance, kept and dropped records stacked, with the threshold as a line."
     share = f" (the top {stats['keep']:.0%})" if "keep" in stats else ""
@@ -205,22 +200,22 @@ def _report(run: RunFolder) -> tuple[str, list[Plot]]:
         "Row variance rewards outliers as much as diversity: read the kept examples below for odd or broken "
         "records."
     )
-    plots.append(report.as_plot("row_variance", figure, alt=alt, caption=caption))
-    examples = report.examples_html(
-        ("Kept: highest row variance", "kept", report.top(kept, "row_variance", highest=True)),
-        ("Dropped: lowest row variance", "dropped", report.top(dropped, "row_variance", highest=False)),
+    plots.append(figures.as_plot("row_variance", figure, alt=alt, caption=caption))
+    examples = figures.examples_html(
+        ("Kept: highest row variance", "kept", figures.top(kept, "row_variance", highest=True)),
+        ("Dropped: lowest row variance", "dropped", figures.top(dropped, "row_variance", highest=False)),
         facts=lambda r: [("row variance", f"{r.meta['row_variance']:.4g}")],
     )
-    return "\n".join(["<h2>Variety compression</h2>", *map(report.figure_html, plots), examples]), plots
+    return "\n".join(["<h2>Variety compression</h2>", *map(figures.figure_html, plots), examples]), plots
 
 
 def _pca_figure(cumulative: list[float], target: float, chosen: int) -> Figure:
-    figure, (ax,) = report.new_figure(8, 3.2)
+    figure, (ax,) = figures.new_figure(8, 3.2)
     components = np.arange(1, len(cumulative) + 1)
-    ax.plot(components, cumulative, color=report.BLUE)
-    ax.axhline(target, color=report.GREY, linestyle=":", label=f"target {target:.0%}")
-    ax.axvline(chosen, color=report.MARK, linestyle="--", label=f"chosen: {chosen} components")
-    ax.plot([chosen], [cumulative[chosen - 1]], "o", color=report.MARK)
+    ax.plot(components, cumulative, color=figures.BLUE)
+    ax.axhline(target, color=figures.GREY, linestyle=":", label=f"target {target:.0%}")
+    ax.axvline(chosen, color=figures.MARK, linestyle="--", label=f"chosen: {chosen} components")
+    ax.plot([chosen], [cumulative[chosen - 1]], "o", color=figures.MARK)
     ax.set(
         xlabel="number of components",
         ylabel="cumulative explained variance",
@@ -233,8 +228,8 @@ def _pca_figure(cumulative: list[float], target: float, chosen: int) -> Figure:
 
 
 def _row_variance_figure(kept: list[float], dropped: list[float], threshold: float | None) -> Figure:
-    figure, (ax,) = report.new_figure(8, 3.2, histogram=True)
-    report.selection_histogram(ax, kept, dropped, 40, "dropped", threshold, "threshold {:.4g}")
+    figure, (ax,) = figures.new_figure(8, 3.2, histogram=True)
+    figures.selection_histogram(ax, kept, dropped, 40, "dropped", threshold, "threshold {:.4g}")
     ax.set(xlabel="row variance", ylabel="records")
     ax.legend(frameon=False)
     return figure

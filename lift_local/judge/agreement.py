@@ -26,9 +26,9 @@ from matplotlib.figure import Figure
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error
 
-from .errors import InputError, NothingToCompare
-from .phases.quality import DIMENSIONS, QualityParams, Verdict
-from .records import META_KEY, Record, parse_json_items, read_text
+from ..errors import InputError, NothingToCompare
+from ..records import META_KEY, Record, parse_json_items, read_text
+from .protocol import DIMENSIONS, Score, Verdict, check_top, selection_size
 
 # Which lift-local score is compared: the judge's written total, its expected total, or the final quality.
 FIELDS = {"total": "judge total", "expected": "expected judge total", "quality": "final quality"}
@@ -152,7 +152,8 @@ def _lift_local_row(path: Path, where: str, record_id: str, meta: dict, field: s
     verdict = Verdict.from_json(judge) if isinstance(judge, dict) else None
     if verdict is None or not verdict.ok:
         return _Row(where, record_id, None, {}, lift_local=True)
-    total = {"total": verdict.total, "expected": verdict.expected_total}.get(field, meta.get(field))
+    score = Score.from_meta(meta)
+    total = {"total": verdict.total, "expected": verdict.expected_total, "quality": score and score.quality}[field]
     if total is None:
         hint = {"total": "", "expected": " (was it judged with --expected?)"}.get(
             field, " (was the file written by the quality phase?)")
@@ -275,7 +276,10 @@ def compare(a: ScoreTable, b: ScoreTable, *, top: int | float, bins: int) -> Com
     the matched records. Ties at the cut are broken by id, the same way for both judges. `bins` equal bins
     of 0-100 give the categories of the weighted kappa.
     """
-    selection = QualityParams(top=top)  # validated, and counted, as the quality phase does
+    try:
+        check_top(top)  # as the quality phase checks it
+    except ValueError as err:
+        raise ValueError(f"top {err}") from None
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
     ids_a, ids_b = set(a.totals), set(b.totals)
@@ -293,8 +297,8 @@ def compare(a: ScoreTable, b: ScoreTable, *, top: int | float, bins: int) -> Com
         unscored_a=len(a.unscored),
         unscored_b=len(b.unscored),
         bins=bins,
-        overall=_agreement(a.totals, b.totals, selection, bins),
-        dimensions={d: _agreement(a.dimensions[d], b.dimensions[d], selection, bins) for d in shared},
+        overall=_agreement(a.totals, b.totals, top, bins),
+        dimensions={d: _agreement(a.dimensions[d], b.dimensions[d], top, bins) for d in shared},
     )
 
 
@@ -308,7 +312,7 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[list[str], np.nda
     return ids, np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
 
 
-def _agreement(a: dict[str, float], b: dict[str, float], selection: QualityParams, bins: int) -> Agreement:
+def _agreement(a: dict[str, float], b: dict[str, float], top: int | float, bins: int) -> Agreement:
     ids, x, y = _paired(a, b)
     n = len(ids)
     notes = []
@@ -328,7 +332,7 @@ def _agreement(a: dict[str, float], b: dict[str, float], selection: QualityParam
         notes.append("kappa n/a: every score of both judges falls in the same bin")
     else:
         kappa = float(cohen_kappa_score(bins_x, bins_y, weights="quadratic", labels=np.arange(bins)))
-    k = selection.count(n)
+    k = selection_size(top, n)
     overlap = None
     if k >= n:
         notes.append(f"top-k overlap n/a: k={k} selects all {n} matched records")

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .compare import Agreement, ScoreTable, compare
-from .errors import InputError
-from .phases import Outcome
-from .phases.quality import Verdict, length_score, record_length
-from .records import Record
+from ..errors import InputError
+from ..figures import BLUE, GREY, MARK, ORANGE, new_figure
+from ..records import Record
+from .agreement import Agreement, ScoreTable, compare
+from .protocol import Score, Verdict, length_score, record_length
 
 # What the literature reports, drawn on the figure for scale: open 7-8B judges against GPT-4 (Prometheus 2,
 # Pearson) and GPT-4 against itself, sample to sample (Spearman).
@@ -58,17 +58,16 @@ def reference_table(path: str, records: Sequence[Record], field: str, scale: flo
     return ScoreTable(path, f"'{field}' on 0-{scale:g}", totals, {}, frozenset())
 
 
-def judge_tables(name: str, outcome: Outcome) -> list[tuple[str, ScoreTable]]:
+def judge_tables(name: str, scored: Sequence[Record]) -> list[tuple[str, ScoreTable]]:
     """The scores a quality run yields: the written total, the expected total where there is one, and the
     final quality; records without a valid verdict are unscored."""
-    scored = outcome.side["scores"]
     verdicts = [(record, Verdict.of(record)) for record in scored]
     judged = [(record, verdict) for record, verdict in verdicts if verdict.ok]
     unscored = frozenset(record.id for record, verdict in verdicts if not verdict.ok)
     columns = {f"{name}: written total": {r.id: v.total for r, v in judged}}
     if any(v.expected_total is not None for _, v in judged):
         columns[f"{name}: expected total"] = {r.id: v.expected_total for r, v in judged}
-    columns[f"{name}: final quality"] = {r.id: r.meta["quality"] for r, _ in judged}
+    columns[f"{name}: final quality"] = {r.id: Score.of(r).quality for r, _ in judged}
     return [(label, ScoreTable(label, label, totals, {}, unscored)) for label, totals in columns.items()]
 
 
@@ -117,7 +116,6 @@ def _cell(value: float | None, width: int) -> str:
 
 def figure(rows: Sequence[Row], reference: ScoreTable) -> Figure:
     """Every score's correlations with the reference as bars, baselines in grey, the literature's marks."""
-    from .report import BLUE, GREY, MARK, ORANGE, new_figure
 
     fig, (ax,) = new_figure(9, 0.45 * len(rows) + 1.6)
     y = np.arange(len(rows))
