@@ -200,6 +200,7 @@ def sft_config(recipe: Recipe, output_dir: Path) -> SFTConfig:
         logging_steps=1,
         log_level="info",
         disable_tqdm=True,  # `Progress` shows the steps on the terminal
+        dataloader_pin_memory=gpu,
         report_to="none",
     )
 
