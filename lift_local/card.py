@@ -49,7 +49,7 @@ def card(manifest: Manifest, name: str) -> str:
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": manifest.curated}]}],
     )
     sections = [_summary(manifest, name, records), _source(manifest), _phases(manifest), _models(manifest),
-                _decontamination(manifest), _judge(manifest), _ab(manifest, name), _licence(manifest)]
+                _decontamination(manifest), _judge(manifest), _ab(manifest), _licence(manifest)]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(section for section in sections if section) + "\n"
 
 
@@ -119,11 +119,11 @@ def _judge(manifest: Manifest) -> str:
             f"highest final quality were kept.\n\n```text\n" + "\n".join(lines) + f"\n```{warnings}")
 
 
-def _ab(manifest: Manifest, name: str) -> str:
+def _ab(manifest: Manifest) -> str:
     ab = manifest.ab
     if not ab:
-        return (f"## Fine-tuning check\n\nNot run. `lift-local ab {name}` fine-tunes a small model on this set, on "
-                "a random set of the same size and on the whole input, and compares them on benchmarks.")
+        return ("## Fine-tuning check\n\nNot run. `lift-local ab` on this run folder fine-tunes a small model on "
+                "this set, on a random set of the same size and on the whole input, and compares them on benchmarks.")
     from .ab.results import text  # imports the statistics and benchmark modules only when there are results
 
     recipe = _inline(ab["recipe"])
