@@ -77,7 +77,7 @@ def main() -> None:
 
     import torch
 
-    from lift_local import models
+    from lift_local import console, models
     from lift_local.ab.recipe import Recipe
     from lift_local.records import read_records
 
@@ -92,7 +92,8 @@ def main() -> None:
         order = list(sides) if pair % 2 == 0 else list(reversed(sides))
         measured = {}
         for side in order:
-            with tempfile.TemporaryDirectory() as tmp:
+            # The trainers' logs to a file, as under `lift-local ab`; lift-local's progress bar on the terminal.
+            with tempfile.TemporaryDirectory() as tmp, console.logs_to(Path(tmp) / "train.log", side):
                 measured[side] = timed(sides[side], base, records, recipe, Path(tmp))
         (ours, ours_wall, ours_cpu), (theirs, theirs_wall, theirs_cpu) = measured["lift-local"], measured["bare TRL"]
         assert ours == theirs, f"the two runs trained different tokens: {ours} and {theirs}"

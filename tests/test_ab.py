@@ -68,7 +68,7 @@ def test_an_arm_too_small_for_one_optimizer_step(tmp_path, arm, no_training):
     small = arm("small", 3)
     result = ab("--arm", f"curated={arm('curated', 8, 10)}", "--arm", f"small={small}", "--out", tmp_path / "ab")
     assert result.exit_code == 1
-    assert (f"{small}: arm small has 3 records to train on, fewer than one optimizer step takes (8 x 1 = 8): give "
+    assert (f"{small}: arm small has 3 records to train on, fewer than one optimizer step takes (4 x 2 = 8): give "
             "it more records or lower --batch-size") in result.output
     # An answer that starts beyond --max-length teaches nothing: such records are counted as left out.
     result = ab("--arm", f"curated={arm('curated', 8, 10)}", "--max-length", "40", "--out", tmp_path / "ab")
@@ -112,7 +112,7 @@ def test_a_run_folder_is_compared_and_its_report_manifest_and_card_gain_the_resu
     heldout.write_text(json.dumps(json.loads((SHARED_DATA / "code_alpaca_2k.json").read_text())[-4:]))
 
     args = [run, "--benchmarks", "none", "--heldout", heldout, "--epochs", "1", "--batch-size", "2",
-            "--max-length", "96"]
+            "--gradient-accumulation", "1", "--max-length", "96"]
     result = ab(*args)
     assert result.exit_code == 0, result.output
     results = json.loads((run / "ab" / "results.json").read_text())

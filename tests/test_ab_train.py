@@ -21,7 +21,8 @@ from conftest import REPO
 pytestmark = pytest.mark.model
 
 # 2 records, 2 a batch, 3 epochs: 3 optimizer steps, a checkpoint after each.
-RECIPE = Recipe(epochs=3, batch_size=2, learning_rate=2e-3, max_length=160, warmup=0.0, scheduler="constant")
+RECIPE = Recipe(epochs=3, batch_size=2, gradient_accumulation=1, learning_rate=2e-3, max_length=160, warmup=0.0,
+                scheduler="constant")
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,9 @@ class Recipe(Params):
                                "the output head) or comma-separated module names, e.g. q_proj,v_proj.")
     max_length: int = option(512, "Tokens per example (prompt and answer under the chat template); longer ones are "
                              "cut at the end, and a record whose answer starts beyond it is left out.", low=16)
-    batch_size: int = option(8, "Examples per forward pass.", low=1)
-    gradient_accumulation: int = option(1, "Forward passes per optimizer step: an optimizer step sees "
+    batch_size: int = option(4, "Examples per forward pass (padded to the longest of them: on a CPU, small batches "
+                             "waste less).", low=1)
+    gradient_accumulation: int = option(2, "Forward passes per optimizer step: an optimizer step sees "
                                         "batch_size x gradient_accumulation examples.", low=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = option(
         "cosine", "Learning-rate schedule after warm-up.")
