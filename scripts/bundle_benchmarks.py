@@ -1,8 +1,9 @@
-"""Writes lift_local/data/benchmarks/*.jsonl.gz, the benchmark test sets `decontaminate` ships, from the
-project's shared copies (../shared/data/benchmarks, see its README for origins and licences).
+"""Writes lift_local/data/benchmarks/*.jsonl.gz, the benchmark test sets lift-local ships, from the project's
+shared copies (../shared/data/benchmarks, see its README for origins and licences).
 
-Only what matching needs is kept: an id and the question (`text`; HumanEval's prompt is its signature
-and docstring). Run it again only when the shared copies change:
+Items are kept whole, so that one copy serves both readers: `decontaminate` matches the question (`id`,
+`text`; HumanEval's prompt is its signature and docstring) and `lift-local ab` evaluates with the rest
+(choices and answer, a solution and its tests). Run it again only when the shared copies change:
 
     python scripts/bundle_benchmarks.py [--source ../shared/data/benchmarks]
 """
@@ -28,39 +29,52 @@ def _jsonl(path: Path) -> Iterator[dict]:
 
 def humaneval(source: Path) -> Iterator[dict]:
     for item in _jsonl(source / "humaneval.jsonl.gz"):
-        yield {"id": item["task_id"], "text": item["prompt"]}
+        yield {"id": item["task_id"], "text": item["prompt"], "entry_point": item["entry_point"],
+               "canonical_solution": item["canonical_solution"], "test": item["test"]}
 
 
 def mbpp(source: Path) -> Iterator[dict]:
     for item in _jsonl(source / "mbpp.jsonl"):
-        yield {"id": f"MBPP/{item['task_id']}", "text": item["text"]}
+        yield {"id": f"MBPP/{item['task_id']}", "task_id": item["task_id"], "text": item["text"],
+               "code": item["code"], "test_setup_code": item["test_setup_code"], "test_list": item["test_list"],
+               "challenge_test_list": item["challenge_test_list"]}
 
 
 def gsm8k(source: Path) -> Iterator[dict]:
     for number, item in enumerate(_jsonl(source / "gsm8k_test.jsonl")):
-        yield {"id": f"GSM8K/{number}", "text": item["question"]}
+        yield {"id": f"GSM8K/{number}", "text": item["question"], "answer": item["answer"]}
 
 
 def mmlu(source: Path) -> Iterator[dict]:
     for path in sorted((source / "mmlu_test").glob("*_test.csv")):
         subject = path.name.removesuffix("_test.csv")
         with open(path, encoding="utf-8", newline="") as handle:
-            for number, row in enumerate(csv.reader(handle)):
-                yield {"id": f"MMLU/{subject}/{number}", "text": row[0]}
+            for number, (question, *choices, letter) in enumerate(csv.reader(handle)):
+                yield {"id": f"MMLU/{subject}/{number}", "subject": subject, "text": question,
+                       "choices": choices, "answer": "ABCD".index(letter)}
 
 
 def arc(split: str):
     def items(source: Path) -> Iterator[dict]:
         for number, item in enumerate(_jsonl(source / f"arc_{split}.jsonl")):
-            yield {"id": f"ARC-{split.title()}/{number}", "text": item["query"].removeprefix("Question: ")}
+            yield {"id": f"ARC-{split.title()}/{number}", "text": item["query"].removeprefix("Question: "),
+                   "choices": item["choices"], "answer": item["gold"]}
 
     return items
+
+
+def _answers(cell: str) -> list[str]:
+    """TruthfulQA's CSV lists answers separated by semicolons, some with one at the end."""
+    return [answer.strip() for answer in cell.split(";") if answer.strip()]
 
 
 def truthfulqa(source: Path) -> Iterator[dict]:
     with open(source / "truthfulqa.csv", encoding="utf-8", newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle)):
-            yield {"id": f"TruthfulQA/{number}", "text": row["Question"]}
+            yield {"id": f"TruthfulQA/{number}", "type": row["Type"], "category": row["Category"],
+                   "text": row["Question"], "best_answer": row["Best Answer"],
+                   "correct_answers": _answers(row["Correct Answers"]),
+                   "incorrect_answers": _answers(row["Incorrect Answers"])}
 
 
 BENCHMARKS = {
