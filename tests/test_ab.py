@@ -100,25 +100,25 @@ def test_a_malformed_arm_option(tmp_path, no_training):
 
 @pytest.mark.model
 def test_a_run_folder_is_compared_and_its_report_manifest_and_card_gain_the_results(tmp_path, cli_models):
-    """A run of 10 real Code Alpaca records (fake judge) keeps 2; its arms curated (2), random (2) and input (10)
-    are trained one step each and, with the base model, scored on 4 held-out records."""
+    """A run of 6 real Code Alpaca records (fake judge) keeps 2; its arms curated (2), random (2) and input (6)
+    are trained (1, 1 and 3 steps) and, with the base model, scored on 4 held-out records."""
     cli_models["judge"] = FakeChat(judge_reply, name="fake-judge")
     run = tmp_path / "run"
     result = CliRunner().invoke(main, [
-        "run", str(SHARED_DATA / "code_alpaca_2k.json"), "--out", str(run), "--limit", "10", "--skip", "enhance",
-        "--skip", "expand", "--set", "variety.keep=0.6", "--set", "quality.top=2", "--set", "quality.expected=false"])
+        "run", str(SHARED_DATA / "code_alpaca_2k.json"), "--out", str(run), "--limit", "6", "--skip", "enhance",
+        "--skip", "expand", "--set", "variety.keep=0.7", "--set", "quality.top=2", "--set", "quality.expected=false"])
     assert result.exit_code == 0, result.output
     heldout = tmp_path / "heldout.json"
     heldout.write_text(json.dumps(json.loads((SHARED_DATA / "code_alpaca_2k.json").read_text())[-4:]))
 
     args = [run, "--benchmarks", "none", "--heldout", heldout, "--epochs", "1", "--batch-size", "2",
-            "--gradient-accumulation", "1", "--max-length", "96"]
+            "--gradient-accumulation", "1", "--max-length", "192"]
     result = ab(*args)
     assert result.exit_code == 0, result.output
     results = json.loads((run / "ab" / "results.json").read_text())
     assert list(results["arms"]) == ["curated", "random", "input"]
-    assert [results["arms"][name]["records"] for name in results["arms"]] == [2, 2, 10]
-    assert [results["arms"][name]["training"]["steps"] for name in results["arms"]] == [1, 1, 5]
+    assert [results["arms"][name]["records"] for name in results["arms"]] == [2, 2, 6]
+    assert [results["arms"][name]["training"]["steps"] for name in results["arms"]] == [1, 1, 3]
     for model in ("base", "curated", "random", "input"):
         cell = results["scores"][model]["heldout"]
         assert cell["n"] == 4 and cell["ci_low"] <= cell["score"] <= cell["ci_high"]

@@ -126,7 +126,8 @@ def plan(arms: Sequence[Arm], recipe: Recipe, *, base: str | None = None, benchm
         if len(usable) < recipe.examples_per_step:
             left_out = f" ({len(arm.records) - len(usable)} of its {len(arm.records)} have no answer within " \
                        f"{recipe.max_length} tokens)" if len(usable) < len(arm.records) else ""
-            raise InputError(arm.path, None, f"arm {arm.name} has {len(usable)} records to train on{left_out}, "
+            records = f"{len(usable)} record{'' if len(usable) == 1 else 's'}"
+            raise InputError(arm.path, None, f"arm {arm.name} has {records} to train on{left_out}, "
                              f"fewer than one optimizer step takes ({recipe.batch_size} x {recipe.gradient_accumulation}"
                              f" = {recipe.examples_per_step}): give it more records or lower --batch-size")
         checked.append(dataclasses.replace(arm, records=usable, left_out=len(arm.records) - len(usable)))
