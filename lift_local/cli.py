@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from . import console, exports, models, pipeline, runlock
+from . import card, console, exports, models, pipeline, runlock
+from .ab.recipe import Recipe
 from .config import load_config
 from .errors import ConfigError, InputError, LiftError, NothingSelected, ParameterError, StorageError
 from .judge import agreement as comparing
@@ -538,19 +539,23 @@ _RUN_ROLES = tuple(role for role in models.ROLES if any(role in cls.roles for cl
               "machine. Outputs are the same as without it. See docs/ray.md. [default: this process]")
 @click.option("--replicas", type=int,
               help="With --ray: how many replicas (each one engine, or one embedder) work at once. [default: 1]")
+@click.option("--license", metavar="ID", help="Licence of the curated data, for its dataset card (README.md): a "
+              "Hugging Face Hub licence id such as apache-2.0 or cc-by-nc-4.0. Also [run] license.")
 @click.option(*_FIELD[0], **_FIELD[1])
 @click.option(*_VERBOSE[0], **_VERBOSE[1])
 def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, formats, cache_dir, ray_address, replicas,
-                fields, verbose, **chosen_models) -> None:
+                license, fields, verbose, **chosen_models) -> None:
     """Run every phase on IN, in order, into the run folder --out.
 
     IN is a record file (JSON, JSONL, CSV, TSV, Parquet) or a Hugging Face `datasets` folder.
 
     Started again on the same folder, it resumes: a phase whose input, parameters, models and prompts are
     unchanged is not run again, a changed one re-runs with the phases after it, and inside an interrupted
-    phase only the replies not yet stored are asked for. Ends with report.html, a visual summary.
+    phase only the replies not yet stored are asked for. Ends with report.html, a visual summary, and
+    README.md, the curated data's dataset card as the Hugging Face Hub reads it.
     """
-    given = {("run", "ray"): ("--ray", ray_address), ("run", "replicas"): ("--replicas", replicas)}
+    given = {("run", "ray"): ("--ray", ray_address), ("run", "replicas"): ("--replicas", replicas),
+             ("run", "license"): ("--license", license)}
     given |= {("models", name): (_MODEL_SETTINGS.get(name, f"--{name}"), value) for name, value in chosen_models.items()}
     config = load_config(Path(config_path) if config_path else None, overrides, skip,
                          given={key: option for key, option in given.items() if option[1] not in (None, ())})
@@ -562,7 +567,8 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
                                     fields=fields, echo=_say)
         report_path = write_report(out_dir)
         exported = "".join(f"\n  as {fmt}:   {out_dir / name}" for fmt, name in manifest.exports.items())
-        _say(f"\nCurated data: {out_dir / manifest.curated}{exported}\nReport:       {report_path}")
+        _say(f"\nCurated data: {out_dir / manifest.curated}{exported}\nReport:       {report_path}\n"
+             f"Card:         {out_dir / card.CARD}")
         if not verbose:
             _say(f"Log:          {out_dir / console.LOG_NAME}")
 
@@ -572,6 +578,90 @@ def run_command(in_path, out_dir, config_path, overrides, skip, limit, seed, for
 def report_command(run_dir) -> None:
     """Write DIR/report.html (and DIR/figures/) for a run folder made by `lift-local run`."""
     click.echo(write_report(Path(run_dir)))
+
+# --- ab command: does the curated set train a better model? ---
+
+
+def _arms(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[tuple[str, Path]]:
+    from .ab.run import parse_arm
+
+    try:
+        return [parse_arm(option) for option in value]
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _benchmark_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [] if value.strip() == "none" else [name.strip() for name in value.split(",") if name.strip()]
+
+
+@main.command("ab")
+@click.argument("run_dir", metavar="[RUN]", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--arm", "arms", multiple=True, metavar="NAME=FILE", callback=_arms,
+              help="An arm: a name and a record file in any format lift-local reads. Repeatable; with RUN, "
+              "added to its arms.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the adapters, evaluations, results.json, table.txt and ab.png. Reusing it resumes. "
+              "[default: RUN/ab]")
+@click.option("--student", metavar="NAME|FOLDER", help="The base model every arm fine-tunes: a registered model "
+              "(see `lift-local models`) or a model folder. [default: the registry's student]")
+@click.option("--benchmarks", callback=_benchmark_list, metavar="NAME,...|none",
+              help="Benchmarks to evaluate on: arc_easy, arc_challenge, mmlu, truthfulqa_mc, gsm8k, humaneval, "
+              "mbpp; 'none' for --heldout alone. [default: on a CPU the log-likelihood ones (the first four), on a "
+              "GPU all]")
+@click.option("--limit", type=click.IntRange(min=2), help="Evaluate a seeded sample of N items of each benchmark, "
+              "the same items for every model. [default: every item]")
+@click.option("--heldout", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Records no arm trains on: each model's mean negative log-likelihood per token of their "
+              "answers, the most sensitive measure at small sizes.")
+@click.option(*_FIELD[0], **_FIELD[1])
+@click.option(*_VERBOSE[0], **_VERBOSE[1])
+def ab_command(run_dir, arms, out_dir, student, benchmarks, limit, heldout, fields, verbose, **recipe) -> None:
+    """Fine-tune one base model on each arm and compare them, offline, with confidence intervals.
+
+    With a run folder RUN, the arms are its curated set (curated), the random baseline of the same size
+    (random) and every record the run read (input); --arm NAME=FILE adds arms or, without RUN, gives them.
+    The untouched base model is always evaluated too.
+
+    Every arm is trained from the same base model by the same recipe (LoRA, TRL's SFT trainer, the model's
+    chat template, loss on the answers only) and every model answers the same benchmark items. Printed: each
+    score with its 95% bootstrap interval, and every pair of models compared item by item, in words. Started
+    again, finished arms are not trained again and evaluated items are reused. With RUN, its report.html,
+    manifest.json and dataset card (README.md) gain the results.
+    """
+    from .ab import results
+    from .ab import run as ab
+    from .ab.benchmarks import default_benchmarks
+
+    recipe = _params(Recipe, **recipe)
+    if run_dir is None and out_dir is None:
+        raise click.UsageError("give --out DIR (with a run folder, RUN/ab is the default)")
+    out_dir = out_dir if out_dir is not None else run_dir / "ab"
+    if benchmarks is None:
+        import torch
+
+        benchmarks = default_benchmarks(gpu=torch.cuda.is_available())
+    title = f"lift-local ab {run_dir or ''} --out {out_dir}"
+    with runlock.hold(run_dir or out_dir, title), console.logs_to(_log_path(out_dir, verbose), title):
+        chosen = (ab.arms_from_run(run_dir) if run_dir is not None else []) + ab.arms_from_files(arms, fields)
+        plan = ab.plan(chosen, recipe, base=student, benchmarks=benchmarks, limit=limit, heldout=heldout,
+                       fields=fields)
+        summary = ab.run_ab(plan, out_dir, echo=_say)
+        _say("\n" + results.text(summary))
+        _say(f"\nResults: {out_dir / results.RESULTS}\nTable:   {out_dir / results.TABLE}\n"
+             f"Figure:  {out_dir / results.FIGURE}")
+        if run_dir is not None:
+            ab.attach_to_run(run_dir, out_dir, summary)
+            _say(f"Report:  {run_dir / 'report.html'}\nCard:    {run_dir / card.CARD}")
+        if not verbose:
+            _say(f"Log:     {out_dir / console.LOG_NAME}")
+
+
+_RECIPE_HINTS = typing.get_type_hints(Recipe)
+ab_command.params[-2:-2] = [_parameter_option(field, _RECIPE_HINTS[field.name]) for field in dataclasses.fields(Recipe)]
+
 
 # --- compare-judges command ---
 

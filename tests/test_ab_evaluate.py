@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from conftest import REPO, SMOLLM
+
 from lift_local import models
-from lift_local.ab import benchmarks, evaluate as evaluation
+from lift_local.ab import benchmarks
+from lift_local.ab import evaluate as evaluation
 from lift_local.ab.evaluate import evaluate
 from lift_local.errors import ConfigError
 from lift_local.records import read_records

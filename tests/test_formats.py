@@ -141,7 +141,7 @@ def test_run_reads_a_datasets_folder_and_writes_every_export(tmp_path, real_reco
     assert sorted(manifest.exports) == sorted(exports.FORMATS)
     assert [r.output for r in read_records(tmp_path / "run" / "curated.parquet")] == columns["completion"]
     (tmp_path / "in" / "data-00000-of-00001.arrow").write_bytes(b"changed")
-    assert pipeline._sha256_file(tmp_path / "in") != manifest.input["sha256"]  # a changed shard is noticed
+    assert pipeline.sha256_file(tmp_path / "in") != manifest.input["sha256"]  # a changed shard is noticed
 
 
 def test_folder_export_is_replaced_atomically(tmp_path, real_records):

@@ -134,7 +134,7 @@ def test_load_chat_model_fails_before_starting_an_engine(user_registry, tmp_path
         ("[models.x]\npath = 'a'\nweights = 'b'\n", r"unknown key\(s\) \['weights'\]"),
         ("[models.x]\npath = 'a'\nkind = 'vision'\n", "kind = 'vision'"),
         ("[models.x]\npath = 'a'\nvllm = 3\n", "vllm must be a table"),
-        ("[roles]\ncritic = 'x'\n", "roles are rewriter, judge, embedder"),
+        ("[roles]\ncritic = 'x'\n", "roles are rewriter, judge, embedder, student"),
         ("[roles]\njudge = 'undefined-model'\n", r"no \[models.undefined-model\]"),
         ("[model.x]\npath = 'a'\n", r"unknown table\(s\) \['model'\]"),
         ("[models.qwen2.5-7b]\npath = 'a'\n", r'must be quoted: \[models."qwen2.5-7b"\]'),

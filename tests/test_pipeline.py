@@ -9,6 +9,7 @@ import hashlib
 import json
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from conftest import SHARED_DATA
 from fakes import FakeChat, FakeChatInterrupted, json_reply, last_user_message
@@ -277,3 +278,32 @@ def test_ray_alone_starts_a_cluster_on_this_machine_where_none_runs_and_says_so(
     assert said == ["Ray: no Ray cluster was running: started one on this machine (2 CPUs, 0 GPUs)"]
     with pytest.raises(ClusterError, match="cannot reach the Ray cluster at '10.0.0.5:6379'"):
         RayExecutor(ClusterConfig(ray="10.0.0.5:6379"), Workbench(tmp_path), said.append).connect()
+
+
+def test_the_run_writes_a_dataset_card_the_hub_reads(tmp_path, sample, run):
+    from huggingface_hub import DatasetCard
+
+    result, _, _ = run(sample, "--license", "cc-by-nc-4.0")
+    assert result.exit_code == 0, result.output
+    m = manifest(tmp_path)
+    path = tmp_path / "run" / "README.md"
+    text = path.read_text(encoding="utf-8")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["license"] == "cc-by-nc-4.0" and front["task_categories"] == ["text-generation"]
+    assert front["size_categories"] == ["n<1K"] and front["source_datasets"] == [sample.name]
+    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "curated.jsonl"}]}]
+    assert DatasetCard.load(path).data.license == "cc-by-nc-4.0"  # the Hub's own parser reads it too
+    assert m["input"]["sha256"] in text and m["license"] == "cc-by-nc-4.0"
+    for phase, entry in m["phases"].items():
+        assert f"| {phase} | done | {entry['records_in']} | {entry['records_out']} |" in text
+    decontaminate = m["phases"]["decontaminate"]["stats"]
+    assert f"{decontaminate['removed']} of {decontaminate['records_in']} records contained a benchmark" in text
+    assert "| humaneval | 164 |" in text
+    quality = m["phases"]["quality"]["stats"]["scores"]["total"]
+    assert f"mean {quality['mean']:5.1f}" in text  # the judge's score distribution
+    embedder = m["model_sha256"]["embedder"][0]
+    assert len(embedder) == 64 and f"| embedder | `{m['models']['embedder']}` | `{embedder}` |" in text
+    assert "## Fine-tuning check\n\nNot run." in text
+
+    result, _, _ = run(sample, "--license", "Apache 2.0")
+    assert result.exit_code == 1 and "--license: must be a licence id such as apache-2.0" in result.output
