@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from . import card, console, exports, models, pipeline, runlock
+from .ab.benchmarks import CPU_LIMIT, default_benchmarks
 from .ab.recipe import Recipe
 from .config import load_config
 from .errors import ConfigError, InputError, LiftError, NothingSelected, ParameterError, StorageError
@@ -612,7 +613,7 @@ def _benchmark_list(ctx: click.Context, param: click.Parameter, value: str | Non
               "mbpp; 'none' for --heldout alone. [default: on a CPU the log-likelihood ones (the first four), on a "
               "GPU all]")
 @click.option("--limit", type=click.IntRange(min=2), help="Evaluate a seeded sample of N items of each benchmark, "
-              "the same items for every model. [default: every item]")
+              f"the same items for every model. [default: on a CPU {CPU_LIMIT}, on a GPU every item]")
 @click.option("--heldout", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Records no arm trains on: each model's mean negative log-likelihood per token of their "
               "answers, the most sensitive measure at small sizes.")
@@ -633,16 +634,18 @@ def ab_command(run_dir, arms, out_dir, student, benchmarks, limit, heldout, fiel
     """
     from .ab import results
     from .ab import run as ab
-    from .ab.benchmarks import default_benchmarks
 
     recipe = _params(Recipe, **recipe)
     if run_dir is None and out_dir is None:
         raise click.UsageError("give --out DIR (with a run folder, RUN/ab is the default)")
     out_dir = out_dir if out_dir is not None else run_dir / "ab"
-    if benchmarks is None:
-        import torch
+    import torch
 
-        benchmarks = default_benchmarks(gpu=torch.cuda.is_available())
+    gpu = torch.cuda.is_available()
+    if benchmarks is None:
+        benchmarks = default_benchmarks(gpu)
+    if limit is None and not gpu:
+        limit = CPU_LIMIT
     title = f"lift-local ab {run_dir or ''} --out {out_dir}"
     with runlock.hold(run_dir or out_dir, title), console.logs_to(_log_path(out_dir, verbose), title):
         chosen = (ab.arms_from_run(run_dir) if run_dir is not None else []) + ab.arms_from_files(arms, fields)

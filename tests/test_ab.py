@@ -92,6 +92,23 @@ def test_a_heldout_file_that_overlaps_an_arm(tmp_path, arm, no_training):
     assert f"{heldout}: 2 of its 5 records are also in arm curated (same instruction and input" in result.output
 
 
+@pytest.mark.parametrize(("gpu", "limit"), [(False, 200), (True, None)])
+def test_on_a_cpu_each_benchmark_is_sampled_unless_told(tmp_path, arm, monkeypatch, gpu, limit):
+    """MMLU alone has 14,042 items: every item of every benchmark is hours a model on a CPU."""
+    import torch
+
+    from lift_local.ab import run
+
+    plans = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(run, "run_ab", lambda plan, *args, **kwargs: plans.append(plan) or exit(3))
+    assert ab("--arm", f"curated={arm('curated', 8)}", "--out", tmp_path / "ab").exit_code == 3
+    assert ab("--arm", f"curated={arm('curated', 8)}", "--limit", "7", "--out", tmp_path / "ab").exit_code == 3
+    assert [plan.limit for plan in plans] == [limit, 7]
+    assert plans[0].benchmarks == (["arc_easy", "arc_challenge", "mmlu", "truthfulqa_mc", "gsm8k", "humaneval", "mbpp"]
+                                   if gpu else ["arc_easy", "arc_challenge", "mmlu", "truthfulqa_mc"])
+
+
 def test_a_malformed_arm_option(tmp_path, no_training):
     result = ab("--arm", "curated.jsonl", "--out", tmp_path / "ab")
     assert result.exit_code == 2 and "expected NAME=FILE" in result.output

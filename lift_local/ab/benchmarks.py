@@ -34,6 +34,7 @@ from . import sandbox
 BUNDLE = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 CODE_TIMEOUT = 10.0  # seconds a benchmark's tests may run (HumanEval's own harness allows 3 per problem)
 CODE_MEMORY = 1 << 30  # bytes of address space a program may use
+CPU_LIMIT = 200  # items of each benchmark evaluated by default on a CPU (MMLU alone has 14,042: hours a model)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from .. import console
 from ..exports import as_messages
 from ..records import Record, atomic_path
@@ -291,7 +289,7 @@ def _layout(shared: Sequence[int], row, requests):
 def _progress(lm, total: int, label: str) -> Iterator[None]:
     """A bar with rate and time left on lift-local's stderr, moved on by each answer the model stores."""
     hook = lm.cache_hook
-    with tqdm(total=total, desc=label, unit="request", file=console.stderr(), dynamic_ncols=True) as bar:
+    with console.Progress(total, label, "request") as bar:
         lm.cache_hook = _Ticking(hook, bar)
         try:
             yield

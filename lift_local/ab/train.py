@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
@@ -217,11 +216,10 @@ class Progress(TrainerCallback):
 
     def __init__(self, label: str):
         self.label = label
-        self.bar: tqdm | None = None
+        self.bar: console.Progress | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.label, unit="step",
-                        file=console.stderr(), dynamic_ncols=True)
+        self.bar = console.Progress(state.max_steps, self.label, "step", initial=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.bar.update(state.global_step - self.bar.n)
