@@ -1,7 +1,8 @@
 """The measurements of `lift-local ab` in docs/ab.md; each prints a Markdown report.
 
-    demo RUN [ARGS...]     `lift-local ab RUN --limit 200 ARGS` on a run folder (the demo's: out/demo), timed:
-                           total, training per arm, evaluation per model, the results with their intervals.
+    demo RUN [ARGS...]     `lift-local ab RUN --limit 200 --heldout FILE ARGS` on a run folder (the demo's:
+                           out/demo), FILE 200 Code Alpaca records the run did not read; timed: total,
+                           training per arm, evaluation per model, the results with their intervals.
     sensitivity            Can the measure see a real difference? The same instructions with their own answers
                            (correct) against the answers shuffled between records (shuffled), on the held-out NLL
                            of records neither arm holds.
@@ -54,8 +55,17 @@ def report(out: Path, seconds: float, command: str) -> str:
 
 
 def demo(args: argparse.Namespace) -> None:
+    """With --heldout N: N records of Code Alpaca that the run did not read (the demo's sample is Code Alpaca)."""
     run = Path(args.run)
     extra = ["--limit", "200", *args.rest]
+    if args.heldout:
+        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+        read = json.loads((REPO / manifest["input"]["path"]).read_text(encoding="utf-8"))
+        seen = {(r["instruction"], r.get("input", "")) for r in read}
+        unseen = [r for r in json.loads((DATA / "code_alpaca_2k.json").read_text(encoding="utf-8"))
+                  if (r["instruction"], r.get("input", "")) not in seen and r["output"].strip()]
+        held = random.Random(args.seed).sample(unseen, args.heldout)
+        extra += ["--heldout", write(Path(args.out) / "demo-heldout.json", held)]
     seconds = lift_local("ab", run, *extra)
     print(report(run / "ab", seconds, " ".join(["lift-local ab", str(run), *extra])))
 
@@ -119,6 +129,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="lift-local ab on a run folder, timed")
     run.add_argument("run")
+    run.add_argument("--heldout", type=int, default=200, help="held-out Code Alpaca records (0: none)")
     run.set_defaults(action=demo)
     sense = commands.add_parser("sensitivity", help="correct against shuffled answers on held-out NLL")
     sense.add_argument("--data", default="code_alpaca_2k.json")
