@@ -440,21 +440,19 @@ def judge_fit_command(reference, out_path, reference_field, reference_scale, lim
     records, ref = _reference(reference, fields, reference_field, reference_scale, limit, params.seed)
     sample = fitting.Sample.of(reference, records, ref, reference_scale, params.folds)
     log = _log_path(cache_dir, verbose)
-    outcome = None
-    if "judge" in params.kinds:
-        _say(f"judging {len(records)} records")
-        outcome, _ = _judged(records, QualityParams(top=len(records)), config, cache_dir, log)
+    _say(f"judging {len(records)} records (the raw judge's row{', and a feature' if 'judge' in params.kinds else ''})")
+    outcome, _ = _judged(records, QualityParams(top=len(records)), config, cache_dir, log)
     with console.logs_to(log, f"lift-local judge-fit {reference}"), Workbench(cache_dir, config) as bench:
         spec = fitting.feature_spec(params, bench)
-        verdicts = fitting.verdicts_in_order(records, outcome.side[SCORES]) if outcome else []
+        judges = bench.identities(["judge"])["judge"]
+        verdicts = fitting.verdicts_in_order(records, outcome.side[SCORES])
         _say(f"features of {len(records)} records: {', '.join(spec.kinds)}")
         X, columns = feature_matrix(records, verdicts, spec, bench)
         digests = model_digests(spec, bench)
     result = fitting.evaluate(sample, X, params, spec)
     rows = [judge_eval.row(result.label, result.table, ref, 0.5)]
-    if outcome is not None:
-        rows += [judge_eval.row(label, table, ref, 0.5) for label, table in
-                 judge_eval.judge_tables(" + ".join(spec.judges), outcome.side[SCORES])[-2:-1]]
+    rows += [judge_eval.row(label, table, ref, 0.5) for label, table in
+             judge_eval.judge_tables(judges, outcome.side[SCORES])[-2:-1]]
     rows += [judge_eval.row(name, table, ref, 0.5) for name, table in
              judge_eval.baseline_tables(records, QualityParams.length_percentile, params.seed)]
     click.echo(judge_eval.format_table(judge_eval.ranked(rows), ref))

@@ -177,17 +177,18 @@ def test_quality_ranks_by_a_scorer_fitted_on_a_real_readers_hidden_states(tmp_pa
     reference = tmp_path / "ref.jsonl"
     reference.write_text("".join(json.dumps(row) + "\n" for row in rows if row["instruction"] in questions))
     cache = str(tmp_path / "cache")
-    fitted = CliRunner().invoke(main, ["judge-fit", str(reference), "--out", str(tmp_path / "s.json"), "--features",
-                                       "length,hidden", "--folds", "4", "--max-tokens", "64", "--cache-dir", cache])
+    cli_models["judge"] = FakeChat(lambda c: json_reply(clarity=5, difficulty=5, explanation=5, accuracy=5))
+    fitted = CliRunner().invoke(main, ["judge-fit", str(reference), "--out", str(tmp_path / "s.json"),
+                                       "--folds", "4", "--max-tokens", "64", "--cache-dir", cache])  # length,hidden
     assert fitted.exit_code == 0, fitted.output
     assert "scorer (length + hidden), 4-fold out-of-fold   40" in fitted.output
+    assert "smollm2-135m-instruct: written total" in fitted.output  # the raw judge's row beside it
     scorer = Scorer.load(tmp_path / "s.json")
     assert scorer.spec.hidden == HiddenSpec("smollm2-135m-instruct", 15, "answer", 64)  # 30 layers: the middle one
     assert len(scorer.columns) == 2 + 576 and set(scorer.models) == {"reader"}
 
     records = read_records(SHARED_DATA / "dolly_3k.json")[:6]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
-    cli_models["judge"] = FakeChat(lambda c: json_reply(clarity=5, difficulty=5, explanation=5, accuracy=5))
     result = CliRunner().invoke(main, ["quality", str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), "--top", "2",
                                        "--scorer", str(tmp_path / "s.json"), "--scores", str(tmp_path / "scores.jsonl"),
                                        "--cache-dir", cache])

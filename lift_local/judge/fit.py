@@ -44,7 +44,7 @@ class FitParams(Params):
     """How `judge-fit` fits and evaluates a scorer; the defaults are the measured best (docs/judges.md)."""
 
     features: str = option(
-        "judge,length,hidden", "The features, comma-separated: judge (the judges' expected score per dimension), "
+        "length,hidden", "The features, comma-separated: judge (the judges' expected score per dimension), "
         "length (of question and answer), hidden (the reader model's hidden states), embedder (the embedder's "
         "vectors of question and answer).", metavar="NAMES", check=lambda text: _feature_names(text),
     )
