@@ -30,13 +30,18 @@ def engine_settings() -> dict[str, Any]:
     (e.g. AVX2) oneDNN cannot build its bf16 matmul ("Failed to create oneDNN linear, fallback to torch
     linear") and float32 measured 3.5x as fast.
     """
-    import torch
     from vllm.platforms import current_platform
 
-    bf16_compute = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if not current_platform.is_cpu() or bf16_compute:
+    if not current_platform.is_cpu() or computes_bfloat16():
         return {}
     return {"dtype": "float32"}
+
+
+def computes_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 (AVX-512 BF16 or AMX), where bfloat16 is the fast dtype."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def preload_libraries() -> list[str]:

@@ -96,6 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lift_local import figures, models
+    from lift_local.cpu_engine import computes_bfloat16
     from lift_local.judge.evaluate import reference_table
     from lift_local.judge.features import FeatureSpec, HiddenSpec, judge_features
     from lift_local.judge.fit import FitParams, Sample
@@ -156,7 +157,7 @@ def main() -> None:
         models.prepare(models.load_registry(), name, quiet=True)
         folder = models.ensure_present(models.resolve("reader", name))
         layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
-        spec = FeatureSpec(hidden=HiddenSpec(name, layers // 2, "answer", 512))
+        spec = FeatureSpec(hidden=HiddenSpec(name, layers // 2, params.pooling, params.max_tokens))
         hidden = features(records, spec, args.cache)
         costs[f"hidden states {name} (layer {layers // 2} of {layers})"] = per_100(
             lambda cache, part, spec=spec: features(part, spec, cache), timed)
@@ -206,7 +207,8 @@ def main() -> None:
         "",
         f"Seconds per 100 records on this machine, each timed on {args.time_records - 2} records with a fresh cache "
         "after two that start the engine or load the model (judges: generation through vLLM; hidden states and "
-        "embeddings: one forward pass a record, batched):",
+        f"embeddings: one forward pass a record, batched; the readers in "
+        f"{'bfloat16' if computes_bfloat16() else 'float32'}):",
         "",
         "| feature | s / 100 records |",
         "| --- | ---: |",
