@@ -175,12 +175,12 @@ def main() -> None:
     loads["end"] = load()
 
     rows.sort(key=lambda row: -row[1])
-    figure, (ax,) = figures.new_figure(9, 0.32 * len(rows) + 1.2)
+    figure, (ax,) = figures.new_figure(12, 0.32 * len(rows) + 1.2)
     colours = [figures.GREY if name.startswith(("baseline", "raw", "jury")) else figures.BLUE for name, *_ in rows]
     figures.interval_bars(ax, [row[0] for row in rows], [row[1] for row in rows], [row[2][0] for row in rows],
                           [row[2][1] for row in rows], colours)
     ax.axvline(0.5, color=figures.MARK, linestyle="--", label="the goal: 0.5 on unseen questions")
-    ax.set_xlabel(f"Spearman with GPT-4 on {len(records)} answers, {params.folds}-fold out-of-fold, grouped by question")
+    ax.set_xlabel(f"Spearman with GPT-4 ({len(records)} answers; fitted: out-of-fold, grouped by question)")
     ax.legend(loc="lower right", fontsize=7, frameon=False)
     plot = ROOT / "docs" / "judges" / "fit.png"
     figure.savefig(plot, dpi=110)
