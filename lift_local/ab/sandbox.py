@@ -5,9 +5,10 @@ Three layers, each enough against an honest mistake and together a fair barrier 
 (not a security boundary against a hostile one: use a container or a VM for that):
 - Resource limits set in the child before the program runs: address space (`memory`), CPU seconds, the
   size of files it writes, no core dumps; a wall-clock `timeout` kills its whole process group.
-- An audit hook (PEP 578, which the program cannot remove) refuses sockets, new processes, signals, ctypes
-  and changes to files outside its own empty working folder: the calls OpenAI's human-eval
-  `reliability_guard` disables, refused at the interpreter's audit events instead of by patching modules.
+- An audit hook (PEP 578, which the program cannot remove) refuses sockets, new processes, signals,
+  ctypes' look-ups of C functions and changes to files outside its own empty working folder: the calls
+  OpenAI's human-eval `reliability_guard` disables, refused at the interpreter's audit events instead of
+  by patching modules (which a program can undo).
 - Where unprivileged user namespaces exist (`unshare -rn` succeeds), a network namespace of its own whose
   only interface, loopback, is down: no network whatever the program does.
 """
