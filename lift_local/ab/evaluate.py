@@ -334,7 +334,8 @@ def _fingerprint(folder: Path | None, path: bool) -> str | None:
     digest = hashlib.sha256(str(folder.resolve()).encode() if path else b"")
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         digest.update(file.name.encode())
-        digest.update(f"{file.stat().st_size}/{file.stat().st_mtime_ns}".encode() if path else file.read_bytes())
+        stat = file.stat()
+        digest.update(f"{stat.st_size}/{stat.st_mtime_ns}".encode() if path else file.read_bytes())
     return digest.hexdigest()
 
 
