@@ -42,7 +42,8 @@ def paired_interval(statistic: Callable, *samples: Sequence[float] | np.ndarray,
         raise ValueError("paired samples must have the same, non-zero number of items")
     if len(arrays[0]) < 2:
         raise ValueError(f"a bootstrap interval needs at least 2 items, got {len(arrays[0])}")
-    options = dict(paired=True, confidence_level=confidence, n_resamples=resamples, rng=np.random.default_rng(seed))
+    options = dict(paired=True, confidence_level=confidence, n_resamples=resamples,
+                   rng=np.random.default_rng(seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa's DegenerateDataWarning: handled below
         result = stats.bootstrap(arrays, statistic, method="BCa", **options)
@@ -104,7 +105,8 @@ def sentence(name_a: str, name_b: str, benchmark: str, difference: Difference, k
                 f"items ({_number(difference.difference, kind)} {unit}, {confidence:.0%} CI "
                 f"{_number(difference.ci_low, kind)} to {_number(difference.ci_high, kind)}, {test})")
     better = 1 if kind == "accuracy" else -1  # higher accuracy is better, lower NLL
-    winner, loser, flip = (name_a, name_b, better) if better * difference.difference > 0 else (name_b, name_a, -better)
+    a_wins = better * difference.difference > 0
+    winner, loser, flip = (name_a, name_b, better) if a_wins else (name_b, name_a, -better)
     low, high = sorted((flip * difference.ci_low, flip * difference.ci_high))
     size = f"{_number(flip * difference.difference, kind)} {unit}"
     numbers = f"{confidence:.0%} CI {_number(low, kind)} to {_number(high, kind)}, {test}"

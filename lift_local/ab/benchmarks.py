@@ -76,7 +76,8 @@ def items(name: str) -> dict[str, dict]:
     benchmark = BENCHMARKS[name]
     with gzip.open(BUNDLE / f"{benchmark.file}.jsonl.gz", "rt", encoding="utf-8") as handle:
         found = (json.loads(line) for line in handle)
-        return {item["id"]: item for item in found if benchmark.test_split is None or benchmark.test_split(item)}
+        test = benchmark.test_split or (lambda item: True)
+        return {item["id"]: item for item in found if test(item)}
 
 
 def sample_ids(name: str, limit: int | None, seed: int) -> list[str]:
@@ -165,7 +166,8 @@ def _choices(metric: str) -> dict:
             "doc_to_target": "answer", "metric_list": _metric(metric)}
 
 
-def _generation(prompt: Callable[[dict], str] | str, score: Callable, max_tokens: int, unsafe: bool = False) -> dict:
+def _generation(prompt: Callable[[dict], str] | str, score: Callable, max_tokens: int,
+                unsafe: bool = False) -> dict:
     # `until` empty: generation stops at the model's end of turn (lm-eval adds the tokenizer's EOS).
     return {"output_type": "generate_until", "doc_to_text": prompt, "doc_to_target": "text",
             "generation_kwargs": {"until": [], "max_gen_toks": max_tokens, "do_sample": False},
@@ -185,12 +187,13 @@ _TASKS: dict[str, tuple[dict, str, Callable[[dict], dict] | None]] = {
 
 
 def task_config(name: str, ids: Sequence[str]) -> tuple[dict[str, Any], str]:
-    """The lm-eval task definition of benchmark `name` over the items `ids`, and the metric to read per item."""
+    """The lm-eval task definition of benchmark `name` over the items `ids`, and the metric per item."""
     config, metric, prepare = _TASKS[name]
     docs = [items(name)[i] for i in ids]
     if prepare is not None:
         docs = [prepare(doc) for doc in docs]
-    return {"task": f"lift_local_{name}", "custom_dataset": _dataset(docs), "test_split": "test", **config}, metric
+    task = {"task": f"lift_local_{name}", "custom_dataset": _dataset(docs), "test_split": "test", **config}
+    return task, metric
 
 
 def _dataset(docs: list[dict]) -> Callable[..., Any]:

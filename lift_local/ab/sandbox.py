@@ -5,9 +5,10 @@ Three layers, each enough against an honest mistake and together a fair barrier 
 (not a security boundary against a hostile one: use a container or a VM for that):
 - Resource limits set in the child before the program runs: address space (`memory`), CPU seconds, the
   size of files it writes, no core dumps; a wall-clock `timeout` kills its whole process group.
-- An audit hook (PEP 578, which the program cannot remove) refuses sockets, new processes, signals, ctypes
-  and changes to files outside its own empty working folder: the calls OpenAI's human-eval
-  `reliability_guard` disables, refused at the interpreter's audit events instead of by patching modules.
+- An audit hook (PEP 578, which the program cannot remove) refuses sockets, new processes, signals,
+  ctypes' look-ups of C functions and changes to files outside its own empty working folder: the calls
+  OpenAI's human-eval `reliability_guard` disables, refused at the interpreter's audit events instead of
+  by patching modules (which a program can undo).
 - Where unprivileged user namespaces exist (`unshare -rn` succeeds), a network namespace of its own whose
   only interface, loopback, is down: no network whatever the program does.
 """
@@ -41,8 +42,8 @@ resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 home = os.path.realpath(os.getcwd())
 source = sys.stdin.read()
 refused = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-           "os.forkpty", "os.kill", "os.killpg", "os.chdir", "os.chroot", "os.chmod",
-           "os.chown", "os.chflags", "os.link", "os.symlink", "os.truncate", "pty.", "ctypes.dlsym", "shutil.", "webbrowser.")
+           "os.forkpty", "os.kill", "os.killpg", "os.chdir", "os.chroot", "os.chmod", "os.chown", "os.chflags",
+           "os.link", "os.symlink", "os.truncate", "pty.", "ctypes.dlsym", "shutil.", "webbrowser.")
 writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 def outside(path):
     return not os.path.realpath(os.path.join(home, os.fsdecode(path))).startswith(home + os.sep)
@@ -76,8 +77,8 @@ def run(program: str, *, timeout: float = 10.0, memory: int = 1 << 30) -> Outcom
     """Run `program` (a solution followed by its tests) to the end, within `timeout` seconds of wall time
     and CPU and `memory` bytes of address space."""
     with tempfile.TemporaryDirectory(prefix="lift-sandbox-") as folder:
-        command = [*_isolation(), sys.executable, "-I", "-B", "-c", _RUNNER, str(memory), str(int(timeout) + 1),
-                   str(_MAX_FILE)]
+        limits = [str(memory), str(int(timeout) + 1), str(_MAX_FILE)]
+        command = [*_isolation(), sys.executable, "-I", "-B", "-c", _RUNNER, *limits]
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": folder, "TMPDIR": folder}
         with open(Path(folder) / ".stderr", "w+b") as stderr:
             child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -132,5 +133,5 @@ def _isolation() -> tuple[str, ...]:
 
 
 def network_isolated() -> bool:
-    """Whether programs run in a network namespace of their own (else the audit hook alone refuses sockets)."""
+    """Whether programs run in a network namespace of their own (else only the audit hook refuses sockets)."""
     return bool(_isolation())
