@@ -69,7 +69,9 @@ def engine_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str
 
     if not current_platform.is_cpu():
         return {}
-    wanted = {}
+    # The engine's log lines reach the log file as they are written: a slow machine's engine that misses
+    # vLLM's shutdown grace period is SIGKILLed, and would lose what its block buffer held.
+    wanted = {"PYTHONUNBUFFERED": "1"}
     if len(os.sched_getaffinity(0)) <= FEW_CPUS:
         # vLLM keeps one core back for the engine-core process and binds the worker's OpenMP threads to
         # the rest; on 2 cores that halves the compute while that process uses about a fifth of a core.

@@ -182,7 +182,7 @@ def test_quality_ranks_by_a_scorer_fitted_on_a_real_readers_hidden_states(tmp_pa
                                        "--folds", "4", "--max-tokens", "64", "--cache-dir", cache])  # length,hidden
     assert fitted.exit_code == 0, fitted.output
     assert "scorer (length + hidden), 4-fold out-of-fold   40" in fitted.output
-    assert "smollm2-135m-instruct: written total" in fitted.output  # the raw judge's row beside it
+    assert "smollm2-135m-instruct: expected total" in fitted.output  # the raw judge's row beside it
     scorer = Scorer.load(tmp_path / "s.json")
     assert scorer.spec.hidden == HiddenSpec("smollm2-135m-instruct", 15, "answer", 64)  # 30 layers: the middle one
     assert len(scorer.columns) == 2 + 576 and set(scorer.models) == {"reader"}
