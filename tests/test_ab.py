@@ -5,6 +5,7 @@ manifest and the dataset card."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -157,3 +158,10 @@ def test_a_run_folder_is_compared_and_its_report_manifest_and_card_gain_the_resu
 
     again = ab(*args)  # finished arms are not trained again
     assert again.exit_code == 0 and again.output.count(": unchanged, adapter ") == 3
+
+
+def test_the_loss_said_is_each_epochs_mean_not_one_steps():
+    done = train.Trained(Path("a"), "f", records=6, steps=6, tokens=60, seconds=1.0, losses=[4, 3, 2, 1, 1, 0],
+                         resumed_from=None)
+    assert done.epoch_losses(3) == (3.5, 0.5)
+    assert done.epoch_losses(1) == (11 / 6, 11 / 6)

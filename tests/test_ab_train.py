@@ -141,3 +141,4 @@ def test_an_interrupted_arm_resumes_from_its_last_checkpoint(base, records, trai
 
     ours, theirs = (load_file(path / "adapter_model.safetensors") for path in (resumed.adapter, trained.adapter))
     assert all(torch.allclose(ours[name], theirs[name], atol=1e-5) for name in theirs)
+

@@ -154,8 +154,9 @@ def run_ab(plan: Plan, out_dir: Path, echo: Callable[[str], None] = print) -> di
         seconds["train"][arm.name] = round(time.perf_counter() - began, 1)
         if done.trained_now:
             resumed = f", resumed at step {done.resumed_from}" if done.resumed_from is not None else ""
-            echo(f"{label}: {done.steps} steps in {duration(done.seconds)}{resumed}, loss "
-                 f"{done.losses[0]:.3f} → {done.losses[-1]:.3f}")
+            first, last = done.epoch_losses(recipe.epochs)
+            echo(f"{label}: {done.steps} steps in {duration(done.seconds)}{resumed}, mean loss {first:.3f} in the "
+                 f"first epoch → {last:.3f} in the last")
         else:
             echo(f"{label}: unchanged, adapter {done.adapter}")
     scores: dict[str, dict[str, ItemScores]] = {}
@@ -172,7 +173,7 @@ def run_ab(plan: Plan, out_dir: Path, echo: Callable[[str], None] = print) -> di
         "evaluation": {"benchmarks": plan.benchmarks, "limit": plan.limit, "seed": recipe.seed,
                        "heldout": None if plan.heldout_path is None else
                        {"file": str(plan.heldout_path), "records": len(plan.heldout)}},
-        "arms": {arm.name: _arm_entry(arm, trained[arm.name]) for arm in plan.arms},
+        "arms": {arm.name: _arm_entry(arm, trained[arm.name], recipe.epochs) for arm in plan.arms},
         **results.statistics(scores, [arm.name for arm in plan.arms], base=BASE),
         "seconds": seconds,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -181,12 +182,13 @@ def run_ab(plan: Plan, out_dir: Path, echo: Callable[[str], None] = print) -> di
     return summary
 
 
-def _arm_entry(arm: Arm, done: train.Trained) -> dict[str, Any]:
+def _arm_entry(arm: Arm, done: train.Trained, epochs: int) -> dict[str, Any]:
+    first, last = done.epoch_losses(epochs)
     return {"file": str(arm.path), "sha256": pipeline.sha256_file(arm.path), "records": len(arm.records),
             "left_out": arm.left_out, "training": {
                 "steps": done.steps, "tokens": done.tokens, "seconds": done.seconds,
-                "tokens_per_second": done.tokens_per_second, "first_loss": done.losses[0],
-                "last_loss": done.losses[-1], "adapter": str(done.adapter)}}
+                "tokens_per_second": done.tokens_per_second, "first_epoch_loss": first,
+                "last_epoch_loss": last, "adapter": str(done.adapter)}}
 
 
 def _check_disjoint(path: Path, heldout: list[Record], arms: Sequence[Arm]) -> None:

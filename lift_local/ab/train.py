@@ -58,6 +58,11 @@ class Trained:
     resumed_from: int | None  # the optimizer step it resumed from, if it was interrupted
     trained_now: bool = False  # trained by this call (False: found finished)
 
+    def epoch_losses(self, epochs: int) -> tuple[float, float]:
+        """The mean loss of the first and of the last epoch's steps: one step's loss is too noisy to compare."""
+        per_epoch = max(1, len(self.losses) // epochs)
+        return (sum(self.losses[:per_epoch]) / per_epoch, sum(self.losses[-per_epoch:]) / per_epoch)
+
     @property
     def tokens_per_second(self) -> float | None:
         """Throughput of an uninterrupted training; None when it resumed (part of the work was done before)."""
