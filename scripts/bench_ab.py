@@ -67,7 +67,7 @@ def demo(args: argparse.Namespace) -> None:
         held = random.Random(args.seed).sample(unseen, args.heldout)
         extra += ["--heldout", write(Path(args.out) / "demo-heldout.json", held)]
     seconds = lift_local("ab", run, *extra)
-    print(report(run / "ab", seconds, " ".join(["lift-local ab", str(run), *extra])))
+    print(report(run / "ab", seconds, " ".join(["lift-local ab", str(run), *map(str, extra)])))
 
 
 def split(records: list[dict], heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
