@@ -64,6 +64,7 @@ def test_wrong_and_broken_programs_fail():
     assert outcome.status == "failed" and "SyntaxError" in outcome.detail
 
 
+@pytest.mark.slow  # child processes that run out their time
 def test_an_endless_loop_is_stopped_at_the_time_limit():
     outcome = sandbox.run("while True:\n    pass\n", timeout=1)
     assert outcome.status == "timeout"

@@ -120,6 +120,7 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
         os.waitpid(child, 0)
 
 
+@pytest.mark.slow  # child processes that run out their time
 def test_descendants_end_when_their_parent_is_killed():
     """A stand-in for the engine: a grandchild of the killed process, started after the watchdog."""
     parent = python("""
