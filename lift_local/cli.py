@@ -630,6 +630,8 @@ def ab_command(run_dir, arms, out_dir, student, benchmarks, limit, heldout, fiel
     again, finished arms are not trained again and evaluated items are reused. With RUN, its report.html,
     manifest.json and dataset card (README.md) gain the results.
     """
+    import torch
+
     from .ab import results
     from .ab import run as ab
 
@@ -637,8 +639,6 @@ def ab_command(run_dir, arms, out_dir, student, benchmarks, limit, heldout, fiel
     if run_dir is None and out_dir is None:
         raise click.UsageError("give --out DIR (with a run folder, RUN/ab is the default)")
     out_dir = out_dir if out_dir is not None else run_dir / "ab"
-    import torch
-
     gpu = torch.cuda.is_available()
     if benchmarks is None:
         benchmarks = default_benchmarks(gpu)

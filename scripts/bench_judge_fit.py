@@ -96,9 +96,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from lift_local import figures, models
-    from lift_local.cpu_engine import computes_bfloat16
     from lift_local.judge.evaluate import reference_table
-    from lift_local.judge.features import FeatureSpec, HiddenSpec, judge_features
+    from lift_local.judge.features import FeatureSpec, HiddenSpec, judge_features, reader_dtype
     from lift_local.judge.fit import FitParams, Sample
     from lift_local.judge.protocol import jury_totals, length_score, record_length
     from lift_local.records import read_records
@@ -208,7 +207,7 @@ def main() -> None:
         f"Seconds per 100 records on this machine, each timed on {args.time_records - 2} records with a fresh cache "
         "after two that start the engine or load the model (judges: generation through vLLM; hidden states and "
         f"embeddings: one forward pass a record, batched; the readers in "
-        f"{'bfloat16' if computes_bfloat16() else 'float32'}):",
+        f"{reader_dtype('cpu')}):",
         "",
         "| feature | s / 100 records |",
         "| --- | ---: |",

@@ -124,8 +124,7 @@ class HiddenStates:
     @functools.cached_property
     def dtype(self) -> str:
         """A cached feature is one of this dtype: the two differ in the third digit."""
-        fast = self.device.startswith("cuda") or (self.device == "cpu" and computes_bfloat16())
-        return "bfloat16" if fast else "float32"
+        return reader_dtype(self.device)
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -188,6 +187,11 @@ class HiddenStates:
         layer = states[self.spec.layer].float().cpu()
         weights = weights.unsqueeze(-1)
         return ((layer * weights).sum(1) / weights.sum(1)).numpy()
+
+
+def reader_dtype(device: str) -> str:
+    """bfloat16 where the hardware computes in it (a GPU, a CPU with AVX-512 BF16 or AMX), else float32."""
+    return "bfloat16" if device.startswith("cuda") or (device == "cpu" and computes_bfloat16()) else "float32"
 
 
 def encode(tokenizer: Any, question: str, answer: str, max_tokens: int) -> tuple[list[int], int, int]:
