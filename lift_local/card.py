@@ -126,7 +126,7 @@ def _ab(manifest: Manifest) -> str:
                 "this set, on a random set of the same size and on the whole input, and compares them on benchmarks.")
     from .ab.results import text  # imports the statistics and benchmark modules only when there are results
 
-    recipe = _inline(ab["recipe"])
+    recipe = _inline(ab["recipe"]) + (f", computed in {ab['precision']}" if "precision" in ab else "")
     return (f"## Fine-tuning check\n\n`lift-local ab` fine-tuned `{ab['base']['name']}` (LoRA) on each arm with one "
             f"recipe ({recipe}) and evaluated each model on the same items:\n\n```text\n{text(ab)}\n```")
 

@@ -6,8 +6,9 @@ Each pair trains the same records twice in this process, in turns that alternate
   loading, TRL's SFTTrainer with lift-local's recipe, a checkpoint every tenth of the steps, the progress
   bar, the adapter and training.json written;
 - bare TRL: what a TRL user writes for the same recipe: the model and tokenizer loaded, `SFTTrainer` with an
-  `SFTConfig` of the same hyperparameters and precision (float32 on a CPU, no gradient checkpointing), a
-  `LoraConfig` of the same rank, alpha, dropout and targets, no checkpoints, the adapter saved at the end.
+  `SFTConfig` of the same hyperparameters, precision (`ab.train.precision`), length-grouped batches and no
+  gradient checkpointing, a `LoraConfig` of the same rank, alpha, dropout and targets, no checkpoints, the
+  adapter saved at the end.
 Both count the same tokens (the prepared examples' lengths, every epoch): tokens per second are end to end,
 model loading included, by wall clock and by the process's CPU time (steadier on a shared machine).
 The ratio within each pair is the number that matters: its two runs are minutes apart at most.
@@ -40,6 +41,7 @@ def bare_trl_run(base, records, recipe, folder: Path) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from lift_local.ab.train import precision
     from lift_local.exports import as_messages
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -50,7 +52,8 @@ def bare_trl_run(base, records, recipe, folder: Path) -> int:
         output_dir=str(folder), num_train_epochs=recipe.epochs, learning_rate=recipe.learning_rate,
         per_device_train_batch_size=recipe.batch_size, gradient_accumulation_steps=recipe.gradient_accumulation,
         lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup, weight_decay=recipe.weight_decay,
-        max_length=recipe.max_length, seed=recipe.seed, bf16=False, gradient_checkpointing=False,
+        max_length=recipe.max_length, seed=recipe.seed, bf16=precision() != "float32", use_cpu=True,
+        train_sampling_strategy="group_by_length", gradient_checkpointing=False,
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False,
     )
     lora = LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
@@ -79,6 +82,7 @@ def main() -> None:
 
     from lift_local import console, models
     from lift_local.ab.recipe import Recipe
+    from lift_local.ab.train import precision
     from lift_local.records import read_records
 
     if args.threads:
@@ -102,7 +106,7 @@ def main() -> None:
         rows.append(f"| {pair + 1} ({order[0]} first) | {ours} | {ours / ours_wall:.1f} | {theirs / theirs_wall:.1f} | "
                     f"{ratios['wall'][-1]:.3f} | {ours / ours_cpu:.1f} | {theirs / theirs_cpu:.1f} | {ratios['cpu'][-1]:.3f} |")
     print(f"Training throughput, lift-local against bare TRL: {args.records} Code Alpaca records, recipe "
-          f"{recipe.describe()}; torch threads {torch.get_num_threads()}.\n")
+          f"{recipe.describe()}; computed in {precision()}; torch threads {torch.get_num_threads()}.\n")
     print("| pair | tokens | lift-local tok/s (wall) | bare TRL tok/s (wall) | ratio | lift-local tok/s (CPU) | "
           "bare TRL tok/s (CPU) | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

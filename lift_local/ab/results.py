@@ -114,6 +114,7 @@ def report_section(ab: Mapping[str, Any], run_name: str) -> tuple[str, list[Plot
     )
     sentences = "".join(f"<li>{e(pair['sentence'])}</li>" for pair in ab["pairs"])
     recipe = ", ".join(f"{key} {value}" for key, value in ab["recipe"].items())
+    precision = f", computed in {ab['precision']}" if "precision" in ab else ""  # results before it was stored
     training = ", ".join(f"{name} {duration(arm['training']['seconds'])}" for name, arm in ab["arms"].items())
     with figures.style():
         plot = as_plot("ab", figure(ab), alt="Each model's score on each benchmark with its 95% interval.",
@@ -122,7 +123,7 @@ def report_section(ab: Mapping[str, Any], run_name: str) -> tuple[str, list[Plot
                        "differences item by item.")
     return (
         f"{title_html}\n<p>Base model <code>{e(ab['base']['name'])}</code>, LoRA fine-tuned on each arm by one "
-        f"recipe: <code>{e(recipe)}</code>. Training took {e(training)}.</p>\n"
+        f"recipe: <code>{e(recipe)}</code>{e(precision)}. Training took {e(training)}.</p>\n"
         f'<table class="phases"><tr>{head}</tr>{rows}</table>\n'
         '<p class="muted">Accuracy in %, held-out NLL per answer token (lower is better); 95% bootstrap '
         "intervals over items in brackets.</p>\n"
