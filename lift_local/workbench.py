@@ -100,7 +100,7 @@ class Workbench:
         """The hidden states of the model `spec.reader` (a registry name or folder; loaded on first use)."""
         if spec not in self._readers:
             folder = models.ensure_present(models.resolve("reader", spec.reader))
-            self._readers[spec] = HiddenStates(folder, spec, self._store("features"), device=self.models.device)
+            self._readers[spec] = HiddenStates(folder, spec, self._store("features"))
         return self._readers[spec]
 
     def digest(self, role: str, name: str | None) -> str:

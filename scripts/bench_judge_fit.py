@@ -205,9 +205,9 @@ def main() -> None:
         "## What each feature costs",
         "",
         f"Seconds per 100 records on this machine, each timed on {args.time_records - 2} records with a fresh cache "
-        "after two that start the engine or load the model (judges: generation through vLLM; hidden states and "
-        f"embeddings: one forward pass a record, batched; the readers in "
-        f"{reader_dtype('cpu')}):",
+        "after two that start the engine or load the model (judges: generation through vLLM; hidden states: one "
+        f"forward pass a record through vLLM's pooling runner, the readers in {reader_dtype('cpu')}; embeddings: "
+        "one forward pass a record, batched):",
         "",
         "| feature | s / 100 records |",
         "| --- | ---: |",

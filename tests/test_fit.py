@@ -13,8 +13,9 @@ from fakes import FakeChat, json_reply
 from lift_local.cli import main
 from lift_local.errors import InputError, ModelError
 from lift_local.judge.agreement import ScoreTable
-from lift_local.judge.features import FeatureSpec, HiddenSpec
+from lift_local.judge.features import FeatureSpec, HiddenSpec, pooled
 from lift_local.judge.fit import ALPHAS, FitParams, Sample, Scorer, evaluate, fit, splits
+from lift_local.llm.inprocess import states_settings
 from lift_local.records import Record, read_records
 
 
@@ -168,9 +169,50 @@ def test_judge_fit_refuses_fewer_instructions_than_folds(tmp_path):
     assert f"{len(rows)} records answer 3 distinct instructions, fewer than the 5 folds" in result.output
 
 
+
+@pytest.mark.parametrize("pooling, start, end, rows", [
+    ("mean", 1, 3, [0, 1, 2, 3]), ("answer", 1, 3, [1, 2]), ("last", 1, 3, [3]),
+    ("answer", 2, 2, [0, 1, 2, 3]), ("last", 2, 2, [0, 1, 2, 3]),  # an empty answer: every token
+])
+def test_pooling_takes_the_tokens_it_names(pooling, start, end, rows):
+    states = np.arange(12, dtype=np.float32).reshape(4, 3) ** 2
+    np.testing.assert_allclose(pooled(states, start, end, pooling), states[rows].mean(axis=0))
+
+
+def test_the_reader_engine_is_cut_after_the_layer_read(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 4, "layer_types": ["full", "sliding"] * 2}))
+    settings = states_settings(tmp_path, 3)
+    assert settings["hf_overrides"] == {"num_hidden_layers": 3, "layer_types": ["full", "sliding", "full"]}
+    assert settings["runner"] == "pooling" and settings["pooler_config"]["use_activation"] is False
+
+
+@pytest.mark.vllm
 @pytest.mark.model
+def test_the_readers_states_are_its_layers_output_under_the_final_norm():
+    """vLLM's cut model gives, token by token, what the whole model computes at that layer (transformers'
+    hidden_states[15] of 30) under its final norm."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lift_local import models
+    from lift_local.judge.features import HiddenStates, encode, question
+
+    folder = models.ensure_present(models.resolve("reader"))
+    reader = HiddenStates(folder, HiddenSpec("smollm2-135m-instruct", 15, "answer", 128))
+    tokenizer, engine = reader._load()
+    chats = [encode(tokenizer, question(r), r.output, 128) for r in read_records(SHARED_DATA / "mt_bench_gpt4.jsonl")[:3]]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, reader.dtype))
+    for (tokens, _, _), states in zip(chats, engine.states([tokens for tokens, _, _ in chats])):
+        with torch.inference_mode():
+            layer = model(input_ids=torch.tensor([tokens]), output_hidden_states=True).hidden_states[15]
+            wanted = model.model.norm(layer)[0].float().numpy()
+        assert states.shape == wanted.shape == (len(tokens), 576)
+        cosines = np.sum(states * wanted, axis=1) / np.linalg.norm(states, axis=1) / np.linalg.norm(wanted, axis=1)
+        assert cosines.min() > 0.99
+
+@pytest.mark.vllm
 def test_quality_ranks_by_a_scorer_fitted_on_a_real_readers_hidden_states(tmp_path, cli_models):
-    """judge-fit on 40 real GPT-4-scored answers with SmolLM2's hidden states (transformers, a middle layer)
+    """judge-fit on 40 real GPT-4-scored answers with SmolLM2's hidden states (vLLM's pooling runner, a middle layer)
     and the lengths; then `quality --scorer` keeps the records with the best fitted score, as computed here."""
     rows = [json.loads(line) for line in (SHARED_DATA / "mt_bench_gpt4.jsonl").read_text().splitlines()]
     questions = sorted({row["instruction"] for row in rows})[:8]

@@ -5,7 +5,7 @@ vectors of both.
 Hidden states are a reward head's input: one forward pass of a causal LM over the chat template (the question
 as the user's turn, the answer as the assistant's), no generation, pooled over the tokens at one layer. A
 middle layer carries more of what a reference judge rewards than the last (docs/judges.md), and a model cut
-after that layer computes the same states for a fraction of the cost, so `HiddenStates` loads only the
+after that layer computes its states for a fraction of the cost, so `HiddenStates` loads only the
 layers it reads. Every feature vector is cached like an embedding: a run started again computes none twice.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from .protocol import DIMENSIONS, Verdict
 
 if TYPE_CHECKING:
     from ..embed import Embedder
+    from ..llm import StatesModel
     from ..records import Record
     from ..store import Store
 
@@ -100,60 +102,51 @@ def question(record: Record) -> str:
 class HiddenStates:
     """A frozen causal LM read at one layer (`HiddenSpec`), one forward pass per record, behind a cache.
 
-    Records go in batches sorted by length (less padding), padded on the right so that every real token sits
-    where it would unbatched; pooling counts real tokens only. The model is cut after the layer read (the
-    layers above it are never loaded) and its last state is the raw layer output, not the final norm's, so
-    the features equal the full model's at that layer. bfloat16 where the hardware computes in it (a GPU, a
-    CPU with AVX-512 BF16 or AMX: 2.2x as fast as float32 there, with the same agreement, docs/judges.md),
-    float32 elsewhere.
+    The states come from vLLM's pooling runner (`llm.backend.load_reader`): the model is cut after the layer
+    read (the layers above it are never loaded) and each token's state is that layer's output under the
+    model's final norm; lift-local pools the tokens. bfloat16 where the hardware computes in it (a GPU, a CPU
+    with AVX-512 BF16 or AMX: 2.2x as fast as float32 there, with the same agreement, docs/judges.md), float32
+    elsewhere.
     """
 
-    def __init__(self, folder: Path, spec: HiddenSpec, store: Store | None = None, batch_size: int = 8,
-                 device: str | None = None):
+    STATES = "vllm: final norm of the layer's output"  # what a cached feature is of: part of its key
+
+    def __init__(self, folder: Path, spec: HiddenSpec, store: Store | None = None, batch_size: int = 32):
         self.folder, self.spec, self.store, self.batch_size = Path(folder), spec, store, batch_size
         self.identity = model_identity(self.folder)
-        self._model: Any = None
-        self._device = device
-
-    @functools.cached_property
-    def device(self) -> str:
-        import torch
-
-        return self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._loaded: Any = None
 
     @functools.cached_property
     def dtype(self) -> str:
         """A cached feature is one of this dtype: the two differ in the third digit."""
-        return reader_dtype(self.device)
+        import torch
 
-    def _load(self) -> tuple[Any, Any]:
-        if self._model is None:
-            import torch
-            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        return reader_dtype("cuda" if torch.cuda.is_available() else "cpu")
 
-            config = AutoConfig.from_pretrained(self.folder)
-            if not 1 <= self.spec.layer <= config.num_hidden_layers:
-                raise InputError(self.folder, None, f"has layers 1-{config.num_hidden_layers}; layer {self.spec.layer} "
-                                                    "was asked for")
-            config.num_hidden_layers = self.spec.layer
-            if getattr(config, "layer_types", None):
-                config.layer_types = config.layer_types[: self.spec.layer]
-            config.tie_last_hidden_states = False  # the last state is the layer's own, not the final norm's
-            model = AutoModelForCausalLM.from_pretrained(self.folder, config=config, dtype=getattr(torch, self.dtype))
-            model = model.to(self.device).eval()
-            tokenizer = AutoTokenizer.from_pretrained(self.folder)
-            self._model = (tokenizer, model)
-        return self._model
+    def _load(self) -> tuple[Any, StatesModel]:
+        if self._loaded is None:
+            from transformers import AutoTokenizer
+
+            from ..llm.backend import load_reader
+
+            layers = json.loads((self.folder / "config.json").read_text())["num_hidden_layers"]
+            if not 1 <= self.spec.layer <= layers:
+                raise InputError(self.folder, None, f"has layers 1-{layers}; layer {self.spec.layer} was asked for")
+            reader = load_reader(self.spec.reader, self.spec.layer, self.dtype)
+            self._loaded = (AutoTokenizer.from_pretrained(self.folder), reader)
+        return self._loaded
 
     def features(self, records: Sequence[Record]) -> np.ndarray:
         """(records x hidden size) float32 features, computed only for records not in the cache, shortest
-        first (so a batch pads little)."""
+        first (a batch of similar lengths)."""
         keyed = {self._key(r): r for r in records}
 
         def compute(keys: list[str]) -> np.ndarray:
-            tokenizer, model = self._load()
+            tokenizer, reader = self._load()
             chats = [encode(tokenizer, question(keyed[key]), keyed[key].output, self.spec.max_tokens) for key in keys]
-            return self._forward(model, tokenizer.pad_token_id or 0, chats)
+            states = reader.states([tokens for tokens, _, _ in chats])
+            return np.array([pooled(layer, start, end, self.spec.pooling)
+                             for layer, (_, start, end) in zip(states, chats)], dtype=np.float32)
 
         return cached_vectors([self._key(r) for r in records], self.store, compute, self.batch_size,
                               order=lambda key: len(question(keyed[key])) + len(keyed[key].output),
@@ -162,31 +155,16 @@ class HiddenStates:
     def _key(self, record: Record) -> str:
         spec = self.spec
         text = "\x1f".join(map(str, (self.identity, spec.layer, spec.pooling, spec.max_tokens, question(record),
-                                      record.output, self.dtype)))
+                                      record.output, self.dtype, self.STATES)))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _forward(self, model: Any, pad: int, batch: list[tuple[list[int], int, int]]) -> np.ndarray:
-        import torch
 
-        width = max(len(tokens) for tokens, _, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        weights = torch.zeros((len(batch), width), dtype=torch.float32)
-        for row, (tokens, start, end) in enumerate(batch):
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = 1
-            if self.spec.pooling == "mean" or end == start:  # an empty answer: its question's tokens
-                weights[row, : len(tokens)] = 1
-            elif self.spec.pooling == "answer":
-                weights[row, start:end] = 1
-            else:
-                weights[row, len(tokens) - 1] = 1
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        with torch.inference_mode():
-            states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
-        layer = states[self.spec.layer].float().cpu()
-        weights = weights.unsqueeze(-1)
-        return ((layer * weights).sum(1) / weights.sum(1)).numpy()
+def pooled(states: np.ndarray, start: int, end: int, pooling: Pooling) -> np.ndarray:
+    """One record's (tokens x hidden size) states pooled: the mean over every token, over the answer's
+    [start, end), or the last token; an empty answer: the mean over its question's tokens."""
+    if pooling == "mean" or end == start:
+        return states.mean(axis=0)
+    return states[start:end].mean(axis=0) if pooling == "answer" else states[-1]
 
 
 def reader_dtype(device: str) -> str:

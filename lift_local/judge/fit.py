@@ -69,7 +69,7 @@ def _feature_names(text: str) -> list[str]:
 
 
 FORMAT = "lift-local scorer"
-VERSION = 1
+VERSION = 2  # 2: hidden states under the final norm (vLLM), where 1 read the layer's raw output
 ALPHAS = np.logspace(-2, 5, 15)  # ridge penalties tried by the inner cross-validation
 INNER_FOLDS = 4
 

@@ -3,7 +3,8 @@
 Phases never import vLLM; they receive a `ChatModel`. The backends live beside this module: `inprocess`
 (a vLLM engine in this process) and `server` (an OpenAI-compatible endpoint such as `vllm serve` on the
 user's own network); `cache.CachedChat` wraps either so that every finished reply is stored at once and an
-interrupted phase redoes only what is missing; `backend.load_chat_model` builds the model a role is assigned.
+interrupted phase redoes only what is missing; `backend.load_chat_model` builds the model a role is assigned,
+`backend.load_reader` the engine that reads a model's hidden states (`StatesModel`) for a fitted scorer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Conversation = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": "..."}]
 
@@ -79,6 +83,15 @@ class ChatModel(Protocol):
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
              on_reply: OnReply | None = None, label: str = "") -> list[Reply]: ...
+
+
+class StatesModel(Protocol):
+    """A frozen model read at one layer: one forward pass a prompt, no generation."""
+
+    name: str
+
+    def states(self, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Each prompt's (tokens x hidden size) float32 hidden states; a prompt is token ids."""
 
 
 def is_prompt_too_long(error: Exception) -> bool:

@@ -1,4 +1,5 @@
-"""`load_chat_model`: the backend (a vLLM engine in this process, or a server's client) that plays a chat role."""
+"""`load_chat_model`: the backend (a vLLM engine in this process, or a server's client) that plays a chat role;
+`load_reader`: the engine that reads a model's hidden states."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import models
-from . import ChatModel
+from . import ChatModel, StatesModel
 
 
 def load_chat_model(
@@ -36,3 +37,14 @@ def load_chat_model(
     if spec.kind != "chat":
         raise models.ModelError(f"model {spec.name} is an {spec.kind} model; the {role} needs a chat model")
     return shared_engine(models.ensure_present(spec), spec.name, {**spec.vllm, **(engine_options or {})})
+
+
+def load_reader(override: str | None, layers: int, dtype: str) -> StatesModel:
+    """A vLLM engine in this process that reads the hidden states of the `reader` role's model (or `override`,
+    a registered name or a model folder) after its first `layers` layers, in `dtype`, with the registry
+    entry's engine settings. Nothing starts until the first request."""
+    from .inprocess import VLLMStates, shared_engine, states_settings
+
+    spec = models.resolve("reader", override)
+    path = models.ensure_present(spec)
+    return shared_engine(path, spec.name, {**spec.vllm, **states_settings(path, layers), "dtype": dtype}, VLLMStates)

@@ -1,24 +1,26 @@
-"""A vLLM engine in this process: the default backend, on CPU or GPU."""
+"""A vLLM engine in this process: the default backend, on CPU or GPU, of chat models and of readers of hidden states."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from .. import console, cpu_engine, lifeline
 from ..errors import EngineError
 from . import PROMPT_TOO_LONG, Conversation, OnReply, Reply, Sampling, is_prompt_too_long
 
 
-class VLLMChat:
-    """A vLLM engine in this process. The whole batch is queued at once so the engine schedules it
-    continuously; each reply is handed to `on_reply` the moment it finishes, so nothing waits for the
-    slowest request before it can be stored.
+class VLLMEngine:
+    """A vLLM engine in this process, started on first use (`llm`).
 
-    The engine starts on the first request, so a run answered wholly from the cache never starts one, and
-    starting it shuts down any other engine of this process: the phases use one model at a time, and two
+    Starting it shuts down any other engine of this process: the phases use one model at a time, and two
     engines would not fit one GPU. A closed engine starts again when needed.
 
     vLLM runs the engine in a spawned process: a script using this needs an `if __name__ == "__main__":`
@@ -43,12 +45,35 @@ class VLLMChat:
                     other.close()
             lifeline.guard()
             try:
-                with cpu_engine.engine_environment_applied():  # the engine's processes start in here
-                    self._llm = LLM(model=str(self.path), **engine_settings(self.settings))
+                # the engine's processes start in here, and have read the model's folder once started
+                with cpu_engine.engine_environment_applied(), self._folder() as folder:
+                    self._llm = LLM(model=str(folder), **engine_settings(self.settings))
             except Exception as e:
                 raise EngineError(f"the vLLM engine for {self.name} failed to start: {_last_line(e)}"
                                   f"{console.full_log()}") from e
         return self._llm
+
+    def _folder(self) -> contextlib.AbstractContextManager[Path]:
+        """The model folder the engine starts from."""
+        return contextlib.nullcontext(self.path)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+            self._llm = None
+
+    def _died(self) -> EngineError:
+        """The error for an engine that died; a new one starts when next needed."""
+        self._llm = None
+        return EngineError(f"the vLLM engine for {self.name} died{console.full_log()}")
+
+
+class VLLMChat(VLLMEngine):
+    """A chat model on a vLLM engine in this process. The whole batch is queued at once so the engine
+    schedules it continuously; each reply is handed to `on_reply` the moment it finishes, so nothing waits
+    for the slowest request before it can be stored. The engine starts on the first request, so a run
+    answered wholly from the cache never starts one.
+    """
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sampling, json_schema: dict[str, Any] | None = None,
              on_reply: OnReply | None = None, label: str = "") -> list[Reply]:
@@ -81,19 +106,78 @@ class VLLMChat:
                         if on_reply is not None:
                             on_reply(i, replies[i])
         except EngineDeadError as e:
-            request_ids.clear()  # nothing to abort in a dead engine, and a new one starts when next needed
-            self._llm = None
-            raise EngineError(f"the vLLM engine for {self.name} died{console.full_log()}") from e
+            request_ids.clear()  # nothing to abort in a dead engine
+            raise self._died() from e
         finally:  # interrupted: leave the engine empty for the next call
             unfinished = [request_id for request_id, i in request_ids.items() if replies[i] is None]
             if unfinished:
                 engine.abort_request(unfinished, internal=True)
         return replies  # type: ignore[return-value]
 
-    def close(self) -> None:
-        if self._llm is not None:
-            self._llm.llm_engine.engine_core.shutdown()
-            self._llm = None
+
+class VLLMStates(VLLMEngine):
+    """The hidden states of a causal LM's tokens after its first layers, through vLLM's pooling runner: one
+    forward pass a prompt, no generation (`states_settings` sets the engine up)."""
+
+    @contextlib.contextmanager
+    def _folder(self) -> Iterator[Path]:
+        """A temporary copy of the model's folder without the weights of the layers the engine does not build:
+        vLLM's loader refuses them ("There is no module or parameter named 'layers.15' in LlamaModel")."""
+        with tempfile.TemporaryDirectory(prefix=f"lift-local-{self.path.name}-") as tmp:
+            cut_weights(self.path, Path(tmp), self.settings["hf_overrides"]["num_hidden_layers"])
+            yield Path(tmp)
+
+    def states(self, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Each prompt's (tokens x hidden size) float32 states; a prompt is token ids."""
+        from vllm import PoolingParams, TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            outputs = self.llm.encode([TokensPrompt(prompt_token_ids=list(prompt)) for prompt in prompts],
+                                      PoolingParams(use_activation=False), pooling_task="token_embed", use_tqdm=False)
+        except EngineDeadError as e:
+            raise self._died() from e
+        return [output.outputs.data.float().numpy() for output in outputs]
+
+
+def cut_weights(source: Path, target: Path, layers: int) -> None:
+    """`source`'s model folder in `target` (its other files linked) with the weights of its first `layers`
+    decoder layers and of what is below them: not those above, nor the language-model head."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for file in sorted(source.glob("*.safetensors")):
+        with safe_open(file, "pt") as weights:
+            for key in weights.keys():
+                layer = _LAYER.search(key)
+                if (layer is None or int(layer.group(1)) < layers) and not key.startswith("lm_head."):
+                    tensors[key] = weights.get_tensor(key)
+    save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    for file in source.iterdir():
+        if file.suffix != ".safetensors" and file.name != "model.safetensors.index.json":
+            (target / file.name).symlink_to(file.resolve())
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def states_settings(path: Path, layers: int) -> dict[str, Any]:
+    """vllm.LLM settings of an engine that reads the states after the model's first `layers` layers.
+
+    The layers above are never built (`hf_overrides`) or loaded (`VLLMStates` starts from a copy of the
+    folder without them), so a middle layer costs half a forward pass. vLLM's model ends in its final norm
+    whatever its depth: each token's state is that layer's output under the final norm, as the model would
+    have normed it had it ended there, not the raw residual stream that transformers' `hidden_states[layers]`
+    holds (docs/judges.md: the scorer agrees with GPT-4 as well). Every token's state comes back as it is
+    (`ALL`, no activation); prefix caching is off, as a cached prefix's tokens would have no state.
+    """
+    config = json.loads((Path(path) / "config.json").read_text())
+    overrides: dict[str, Any] = {"num_hidden_layers": layers}
+    if config.get("layer_types"):
+        overrides["layer_types"] = config["layer_types"][:layers]
+    return {"runner": "pooling", "hf_overrides": overrides, "enable_prefix_caching": False,
+            "pooler_config": {"task": "token_embed", "tok_pooling_type": "ALL", "use_activation": False}}
 
 
 def _last_line(error: Exception) -> str:
@@ -154,14 +238,15 @@ def sampling_params(sampling: Sampling, json_schema: dict[str, Any] | None = Non
 
 # One engine per model folder and settings in this process: when rewriter and judge are the same model they
 # share it, and CLI commands run in one process (as in the tests) reuse a started engine.
-_ENGINES: dict[tuple[str, str], VLLMChat] = {}
+_ENGINES: dict[tuple[str, str], VLLMEngine] = {}
+E = TypeVar("E", bound=VLLMEngine)
 
 
-def shared_engine(path: Path, name: str, settings: Mapping[str, Any]) -> VLLMChat:
+def shared_engine(path: Path, name: str, settings: Mapping[str, Any], kind: type[E] = VLLMChat) -> E:
     key = (str(path), json.dumps(settings, sort_keys=True, default=str))
     if key not in _ENGINES:
-        _ENGINES[key] = VLLMChat(path, name, **settings)
-    return _ENGINES[key]
+        _ENGINES[key] = kind(path, name, **settings)
+    return _ENGINES[key]  # type: ignore[return-value]
 
 
 def close_engines() -> None:
