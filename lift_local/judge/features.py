@@ -105,8 +105,8 @@ class HiddenStates:
     The states come from vLLM's pooling runner (`llm.backend.load_reader`): the model is cut after the layer
     read (the layers above it are never loaded) and each token's state is that layer's output under the
     model's final norm; lift-local pools the tokens. bfloat16 where the hardware computes in it (a GPU, a CPU
-    with AVX-512 BF16 or AMX: 2.2x as fast as float32 there, with the same agreement, docs/judges.md), float32
-    elsewhere.
+    with AVX-512 BF16 or AMX: 2.2x as fast as float32 there when measured through transformers, with the same
+    agreement, docs/judges.md), float32 elsewhere.
     """
 
     STATES = "vllm: final norm of the layer's output"  # what a cached feature is of: part of its key
