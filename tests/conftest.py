@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import types
 import urllib.request
@@ -109,108 +107,55 @@ def server_command(model_dir, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-class StartingServer:
-    """A vLLM server of SmolLM2 on a free loopback port, started (not yet healthy), its output in `log_path`."""
-
-    def __init__(self, log_path: Path):
-        from lift_local import models
-
-        model_dir = models.ensure_present(models.resolve("judge", SMOLLM))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(server_command(model_dir, self.port), stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + 600
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"vllm server exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm server not healthy after 600 s:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(1)
-
-    def stop(self) -> None:
-        """Ends its whole process group (the engine too, if it outlived the server)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-
-# Servers the session will need, started as soon as collection shows it (`pytest_collection_finish`): a
-# server takes ~35 s to start, mostly one core importing vLLM and spawning its engine, which the tests run
-# meanwhile share with it; the tests that use them wait only for what is left. By fixture name.
-_EARLY: dict[str, StartingServer] = {}
-_EARLY_FOLDERS: list[Path] = []
-SERVER_FIXTURES = ("served_smollm", "spare_server")
-
-
-def pytest_collection_finish(session):
-    if session.config.option.collectonly:
-        return
-    for name in SERVER_FIXTURES:
-        if any(name in getattr(item, "fixturenames", ()) for item in session.items):
-            folder = Path(tempfile.mkdtemp(prefix=f"lift-local-{name}-"))
-            _EARLY_FOLDERS.append(folder)
-            _EARLY[name] = StartingServer(folder / "server.log")
-
-
-def pytest_sessionfinish(session):
-    for server in _EARLY.values():  # one no test used (a run stopped early)
-        server.stop()
-    for folder in _EARLY_FOLDERS:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @contextlib.contextmanager
-def vllm_server(log_path: Path, early: str = "") -> Iterator[tuple[str, subprocess.Popen]]:
+def vllm_server(log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real vLLM OpenAI-compatible server of SmolLM2 on a free loopback port, its output in `log_path`:
-    yields its URL and process once /health answers; ends its whole process group after. `early`: the
-    fixture name under which the session may have started it already (its log is then that one's).
+    yields its URL and process once /health answers; ends its whole process group after.
 
-    In-process engines are shut down first (they restart when next used), so that only one engine works.
+    In-process engines are shut down first (they restart when next used), so that only one engine runs.
     """
+    from lift_local import models
     from lift_local.llm.inprocess import close_engines
 
     close_engines()
-    server = _EARLY.pop(early, None) or StartingServer(log_path)
+    model_dir = models.ensure_present(models.resolve("judge", SMOLLM))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(server_command(model_dir, port), stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
     try:
-        server.wait_healthy()
-        yield server.url, server.process
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm server not healthy after 600 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1", process
     finally:
-        server.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the engine too, if it outlived the server
+        process.wait()
 
 
 @pytest.fixture(scope="session")
 def served_smollm(tmp_path_factory):
     """`vllm_server`, started once for the whole test session: (its URL, its process)."""
-    with vllm_server(tmp_path_factory.mktemp("vllm-serve") / "server.log", early="served_smollm") as served:
-        yield served
-
-
-@pytest.fixture
-def spare_server(tmp_path):
-    """`vllm_server` for one test, which may kill it: (its URL, its process)."""
-    with vllm_server(tmp_path / "spare.log", early="spare_server") as served:
+    with vllm_server(tmp_path_factory.mktemp("vllm-serve") / "server.log") as served:
         yield served
 
 

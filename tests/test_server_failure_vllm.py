@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import LIFT_LOCAL, REPO, stored_replies
+from conftest import LIFT_LOCAL, REPO, stored_replies, vllm_server
 
 pytestmark = pytest.mark.vllm
 # As in test_interrupt_vllm: the third reply is stored a hundred decoding steps before the last.
@@ -25,7 +25,7 @@ def requests_finished(url: str) -> int:
 
 
 def test_a_server_dying_mid_phase_is_a_clear_error_and_another_gets_only_the_rest(tmp_path, real_sample,
-                                                                                  spare_server, served_smollm):
+                                                                                  served_smollm):
     cache = tmp_path / "cache"
     sample = real_sample("dolly_3k.json", list(range(RECORDS)))
 
@@ -33,16 +33,16 @@ def test_a_server_dying_mid_phase_is_a_clear_error_and_another_gets_only_the_res
         return [*LIFT_LOCAL, "enhance", str(sample), str(tmp_path / "out.jsonl"), "--server", url,
                 "--cache-dir", str(cache), "--max-tokens", str(MAX_TOKENS)]
 
-    url, server = spare_server
-    command = enhance(url)
-    client = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while stored_replies(cache) < 3 and client.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert client.poll() is None, client.communicate()[1][-2000:]
-    assert server.poll() is None  # a batch of requests does not kill a CPU server
-    os.killpg(server.pid, signal.SIGKILL)  # the server and its engine die at once
-    _, error = client.communicate(timeout=600)
+    with vllm_server(tmp_path / "dying.log") as (url, server):
+        command = enhance(url)
+        client = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while stored_replies(cache) < 3 and client.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.poll() is None, client.communicate()[1][-2000:]
+        assert server.poll() is None  # a batch of requests does not kill a CPU server
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its engine die at once
+        _, error = client.communicate(timeout=600)
 
     assert client.returncode == 1
     assert "Traceback" not in error
