@@ -86,12 +86,24 @@ def engine_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str
 def engine_environment_applied() -> Iterator[dict[str, str]]:
     """`engine_environment()` in os.environ while the block runs (wrap `vllm.LLM(...)` in it).
 
-    Restored afterwards, so LD_PRELOAD does not reach other programs this process starts later.
+    Afterwards os.environ is as it was before the block: not only without what this adds (LD_PRELOAD must
+    not reach other programs this process starts later) but also without what vLLM itself writes there
+    while its engine starts (on CPU `VLLM_WORKER_MULTIPROC_METHOD=spawn`, `NUMEXPR_MAX_THREADS`, ...), which
+    every process started later would inherit. The engine's processes are started by then, with all of it.
     """
+    before = dict(os.environ)
     added = engine_environment()
     os.environ.update(added)
     try:
         yield added
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        restore_environment(before)
+
+
+def restore_environment(before: Mapping[str, str]) -> None:
+    """Makes os.environ equal `before` again, touching only the variables that differ."""
+    for key in [key for key in os.environ if key not in before]:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value

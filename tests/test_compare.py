@@ -466,3 +466,20 @@ def test_the_table_prints_every_correlation_with_its_interval(tmp_path):
     assert result.exit_code == 0
     total = next(line for line in result.output.splitlines() if line.startswith("total"))
     assert total.count("1.00 [1.00, 1.00]") == 3  # a file against itself: pearson, spearman, kendall
+
+
+def test_kendall_is_scipys_tau_b_exactly_over_resamples():
+    """lift-local's Kendall (scipy's computation without its p-value) equals `scipy.stats.kendalltau`, ties,
+    a constant side and single records included, over each row of a batch of resamples."""
+    from lift_local.judge.agreement import CORRELATIONS
+
+    kendall = CORRELATIONS["kendall"]
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 17, 120):
+        x = rng.integers(0, 5, size=(6, n)).astype(float)
+        y = x + rng.integers(-2, 3, size=(6, n)) * rng.random((6, n))
+        x[0] = 3.0
+        expected = np.array([stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
+        assert np.array_equal(kendall(x, y), expected, equal_nan=True)
+        assert np.array_equal(kendall(x.T, y.T, axis=0), expected, equal_nan=True)
+        assert kendall(x[1], y[1]) == expected[1]

@@ -289,3 +289,23 @@ def test_unreachable_server_is_a_clear_error():
         port = probe.getsockname()[1]
     with pytest.raises(ModelError, match=f"cannot list the models served at http://127.0.0.1:{port}/v1"):
         ServerChat(f"http://127.0.0.1:{port}/v1", max_retries=0)
+
+
+def test_the_environment_is_as_before_once_an_engine_has_started(monkeypatch):
+    """What lift-local adds for the engine, and what vLLM writes into os.environ while its engine starts (on
+    CPU VLLM_WORKER_MULTIPROC_METHOD=spawn), reach none of the processes this one starts later."""
+    import os
+
+    from lift_local import cpu_engine
+
+    monkeypatch.setattr(cpu_engine, "engine_environment", lambda: {"LD_PRELOAD": "libfast.so"})
+    monkeypatch.setenv("LIFT_TEST_KEPT", "before")
+    monkeypatch.setenv("LIFT_TEST_REMOVED", "before")
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    before = dict(os.environ)
+    with cpu_engine.engine_environment_applied() as added:
+        assert added == {"LD_PRELOAD": "libfast.so"} and os.environ["LD_PRELOAD"] == "libfast.so"
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"  # as vLLM's CPU platform does
+        os.environ["LIFT_TEST_KEPT"] = "changed"
+        del os.environ["LIFT_TEST_REMOVED"]
+    assert dict(os.environ) == before

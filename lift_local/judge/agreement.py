@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
-from sklearn.metrics import cohen_kappa_score, mean_absolute_error
 
 from ..errors import InputError, NothingToCompare
 from ..records import META_KEY, Record, parse_json_items, read_text
@@ -48,8 +47,50 @@ def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return _pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis=axis)
 
 
-def _kendall(x: np.ndarray, y: np.ndarray) -> float:
-    return stats.kendalltau(x, y).statistic
+def _kendall(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Kendall's tau-b, over `axis` (a bootstrap asks for 2,000 resamples, BCa's jackknife for n more)."""
+    x, y = np.moveaxis(np.asarray(x, dtype=float), axis, -1), np.moveaxis(np.asarray(y, dtype=float), axis, -1)
+    n = x.shape[-1]
+    taus = np.array([_tau_b(a, b) for a, b in zip(x.reshape(-1, n), y.reshape(-1, n), strict=True)])
+    result = taus.reshape(x.shape[:-1])
+    return result[()] if result.ndim == 0 else result
+
+
+def _tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """`scipy.stats.kendalltau(x, y).statistic`, computed as scipy does, without what it adds around the tau
+    (its p-value, argument checks): ~20 us instead of ~450 us for 100 records."""
+    if _kendall_dis is None or len(x) < 2 or np.isnan(x).any() or np.isnan(y).any():
+        return float(stats.kendalltau(x, y).statistic)
+    size = x.size
+    perm = np.argsort(y)  # sort on y and convert y to dense ranks
+    x, y = x[perm], y[perm]
+    y = np.r_[True, y[1:] != y[:-1]].cumsum(dtype=np.intp)
+    perm = np.argsort(x, kind="mergesort")  # stable sort on x and convert x to dense ranks
+    x, y = x[perm], y[perm]
+    x = np.r_[True, x[1:] != x[:-1]].cumsum(dtype=np.intp)
+    dis = _kendall_dis(x, y)  # discordant pairs
+    obs = np.r_[True, (x[1:] != x[:-1]) | (y[1:] != y[:-1]), True]
+    cnt = np.diff(np.nonzero(obs)[0]).astype("int64", copy=False)
+    ntie = int((cnt * (cnt - 1) // 2).sum())  # joint ties
+    xtie, ytie = _ties(x), _ties(y)
+    tot = (size * (size - 1)) // 2
+    if xtie == tot or ytie == tot:
+        return float("nan")
+    con_minus_dis = tot - xtie - ytie + ntie - 2 * dis
+    tau = con_minus_dis / np.sqrt(tot - xtie) / np.sqrt(tot - ytie)
+    return float(np.minimum(1.0, max(-1.0, tau)))
+
+
+def _ties(ranks: np.ndarray) -> int:
+    cnt = np.bincount(ranks).astype("int64", copy=False)
+    cnt = cnt[cnt > 1]
+    return int((cnt * (cnt - 1) // 2).sum())
+
+
+try:  # scipy's own count of discordant pairs (compiled), which kendalltau uses; if it moves, kendalltau serves
+    from scipy.stats._stats import _kendall_dis
+except ImportError:  # pragma: no cover
+    _kendall_dis = None
 
 
 # The correlations reported, as statistics of paired resamples (Pearson and Spearman vectorised over them).
@@ -343,6 +384,8 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[list[str], np.nda
 
 
 def _agreement(a: dict[str, float], b: dict[str, float], top: int | float, bins: int) -> Agreement:
+    from sklearn.metrics import cohen_kappa_score, mean_absolute_error  # ~0.4 s to import: only when used
+
     ids, x, y = _paired(a, b)
     n = len(ids)
     notes = []

@@ -25,10 +25,6 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sklearn.linear_model import Ridge
-from sklearn.model_selection import GridSearchCV, GroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from .. import models
 from ..errors import InputError, ModelError
@@ -84,6 +80,12 @@ def spearman_score(estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
 
 def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> Any:
     """Standardised features and a ridge regression, its penalty chosen by grouped inner cross-validation."""
+    # Here, not at the top: scikit-learn takes ~0.5 s to import, and every lift-local command imports this module.
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     inner = GroupKFold(n_splits=min(INNER_FOLDS, len(np.unique(groups))), shuffle=True, random_state=seed)
     search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": ALPHAS}, cv=inner,
                           scoring=spearman_score)
@@ -92,6 +94,8 @@ def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> Any:
 
 def splits(groups: np.ndarray, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) positions of each fold: every group (instruction) wholly on one side."""
+    from sklearn.model_selection import GroupKFold
+
     return list(GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(groups, groups=groups))
 
 

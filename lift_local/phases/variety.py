@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.ticker import PercentFormatter
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
 
 from .. import figures
 from ..errors import NothingSelected
@@ -81,6 +79,9 @@ def select(embeddings: np.ndarray, params: VarietyParams) -> VarietySelection:
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be a 2-d array (records x dimensions), got shape {embeddings.shape}")
+    from sklearn.decomposition import PCA  # here: scikit-learn takes ~0.4 s to import, and only this needs it
+    from sklearn.preprocessing import StandardScaler
+
     n = len(embeddings)
     if n < 2:
         raise ValueError(f"variety selection needs at least 2 records, got {n}")
