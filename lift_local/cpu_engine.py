@@ -91,19 +91,21 @@ def engine_environment_applied() -> Iterator[dict[str, str]]:
     while its engine starts (on CPU `VLLM_WORKER_MULTIPROC_METHOD=spawn`, `NUMEXPR_MAX_THREADS`, ...), which
     every process started later would inherit. The engine's processes are started by then, with all of it.
     """
-    before = dict(os.environ)
-    added = engine_environment()
-    os.environ.update(added)
-    try:
+    with environment_kept():
+        added = engine_environment()
+        os.environ.update(added)
         yield added
-    finally:
-        restore_environment(before)
 
 
-def restore_environment(before: Mapping[str, str]) -> None:
-    """Makes os.environ equal `before` again, touching only the variables that differ."""
-    for key in [key for key in os.environ if key not in before]:
-        del os.environ[key]
-    for key, value in before.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """os.environ afterwards as it was before the block, whatever the block (or a library it imports) set."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:  # only the variables that differ are touched
+        for key in [key for key in os.environ if key not in before]:
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value

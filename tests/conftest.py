@@ -159,18 +159,6 @@ def served_smollm(tmp_path_factory):
         yield served
 
 
-# The environment this session started with, before any test module was imported.
-_ENVIRON_AT_START = dict(os.environ)
-
-
-def pytest_collection_finish(session):
-    """VLLM_* variables that imports set while collecting are removed again: trl (imported with
-    lift_local.ab.train by test_ab) sets VLLM_LOGGING_LEVEL=ERROR in os.environ, and every lift-local the
-    tests start would inherit it, its vLLM engine then logging nothing to the run's log (test_lifeline)."""
-    for key in [key for key in os.environ if key.startswith("VLLM_") and key not in _ENVIRON_AT_START]:
-        del os.environ[key]
-
-
 # Markers of tests that run something real (an engine, a model, a cluster, a browser) or take seconds for
 # another reason (child processes, real file systems). Every other test is
 # in the fast tier (`scripts/test.sh -m fast`): pure logic and fakes, and it must load no model.

@@ -309,3 +309,18 @@ def test_the_environment_is_as_before_once_an_engine_has_started(monkeypatch):
         os.environ["LIFT_TEST_KEPT"] = "changed"
         del os.environ["LIFT_TEST_REMOVED"]
     assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_importing_the_trainer_leaves_no_vllm_setting_behind():
+    """trl sets VLLM_LOGGING_LEVEL=ERROR when imported; `lift-local ab` imports it, and its engines (and every
+    lift-local process a test starts after a test module imported it) would then log nothing but errors."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = set(os.environ); import lift_local.ab.train; "
+            "print(sorted(k for k in os.environ if k.startswith('VLLM_') and k not in before))")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VLLM_")}
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert found.stdout.strip() == "[]"

@@ -29,15 +29,17 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTConfig, SFTTrainer
 
 from .. import console
-from ..cpu_engine import computes_bfloat16
+from ..cpu_engine import computes_bfloat16, environment_kept
 from ..errors import ModelError
 from ..exports import as_messages
 from ..pipeline import sha256_file
 from ..records import Record, atomic_path
 from .recipe import Recipe
+
+with environment_kept():  # trl sets VLLM_LOGGING_LEVEL=ERROR, which every vLLM engine started later would obey
+    from trl import SFTConfig, SFTTrainer
 
 TRAINING = "training.json"
 ADAPTER = "adapter"
@@ -161,10 +163,12 @@ def build_trainer(base: Path, records: Sequence[Record], recipe: Recipe, checkpo
 
 
 def load_base(base: Path) -> tuple[Any, Any]:
-    """The base model for training (its weights in bfloat16 on a GPU, float32 on a CPU) and its tokenizer."""
+    """The base model for training (its weights in bfloat16 where `precision` says so, else float32; autocast
+    computes in bfloat16 over float32 weights) and its tokenizer."""
     tokenizer = load_tokenizer(base)
     try:
-        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if _gpu() else torch.float32), tokenizer
+        dtype = torch.bfloat16 if precision() == "bfloat16" else torch.float32
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype), tokenizer
     except (OSError, ValueError) as err:
         raise ModelError(f"base model {base}: cannot be loaded for training: {err}") from None
 
