@@ -6,7 +6,7 @@ Each pair trains the same records twice in this process, in turns that alternate
   loading, TRL's SFTTrainer with lift-local's recipe, a checkpoint every tenth of the steps, the progress
   bar, the adapter and training.json written;
 - bare TRL: what a TRL user writes for the same recipe: the model and tokenizer loaded, `SFTTrainer` with an
-  `SFTConfig` of the same hyperparameters, precision (`ab.train.precision`), length-grouped batches and no
+  `SFTConfig` of the same hyperparameters, precision (`ab.device.precision`), length-grouped batches and no
   gradient checkpointing, a `LoraConfig` of the same rank, alpha, dropout and targets, no checkpoints, the
   adapter saved at the end.
 Both count the same tokens (the prepared examples' lengths, every epoch): tokens per second are end to end,
@@ -35,24 +35,23 @@ def lift_local_run(base, records, recipe, folder: Path) -> int:
 
 
 def bare_trl_run(base, records, recipe, folder: Path) -> int:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from lift_local.ab.train import precision
+    from lift_local.ab import device
     from lift_local.exports import as_messages
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=device.dtype())
     turns = [as_messages(record) for record in records]
     dataset = Dataset.from_list([{"prompt": t[:1], "completion": t[1:]} for t in turns])
     config = SFTConfig(
         output_dir=str(folder), num_train_epochs=recipe.epochs, learning_rate=recipe.learning_rate,
         per_device_train_batch_size=recipe.batch_size, gradient_accumulation_steps=recipe.gradient_accumulation,
         lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup, weight_decay=recipe.weight_decay,
-        max_length=recipe.max_length, seed=recipe.seed, bf16=precision() != "float32", use_cpu=True,
+        max_length=recipe.max_length, seed=recipe.seed, bf16=device.precision() == "bfloat16", use_cpu=True,
         train_sampling_strategy="group_by_length", gradient_checkpointing=False,
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False,
     )
@@ -81,8 +80,8 @@ def main() -> None:
     import torch
 
     from lift_local import console, models
+    from lift_local.ab.device import precision
     from lift_local.ab.recipe import Recipe
-    from lift_local.ab.train import precision
     from lift_local.records import read_records
 
     if args.threads:

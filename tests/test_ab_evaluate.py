@@ -1,6 +1,9 @@
 """Evaluation through lm-eval with the real packaged model: its scores equal a direct computation of the same
 log-likelihoods with transformers (base and with a LoRA adapter), held-out NLL likewise, an interrupted
-evaluation redoes only what is missing, and the generation benchmarks score real programs and numbers."""
+evaluation redoes only what is missing, and the generation benchmarks score real programs and numbers.
+
+The arithmetic is checked in float32, where a direct computation agrees to the last digits; bfloat16, where a
+CPU computes in it, is checked against float32."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import transformers
 from conftest import REPO, SMOLLM
 
 from lift_local import models
-from lift_local.ab import benchmarks
+from lift_local.ab import benchmarks, device
 from lift_local.ab import evaluate as evaluation
 from lift_local.ab.evaluate import evaluate
 from lift_local.errors import ConfigError
@@ -21,6 +24,13 @@ from lift_local.records import read_records
 
 LIMIT = 2  # items per benchmark: a few seconds per model on two cores
 CHOICES = ["arc_easy", "truthfulqa_mc", "mmlu"]  # both ways of comparing choices (per character, whole)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float32():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device, "precision", lambda: "float32")
+        yield patch
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +146,12 @@ class Counting:
     an interruption (Ctrl-C, a killed process) would."""
 
     def __init__(self, monkeypatch, stop_after: int | None = None):
-        self.requests, self.answers, self.stop_after = 0, 0, stop_after
+        self.requests, self.answers, self.stop_after, self.dtypes = 0, 0, stop_after, set()
         real = evaluation.score_packed
 
         def score(lm, requests, row_tokens):
             self.requests += len(requests)
+            self.dtypes.add(lm.model.dtype)
             for answer in real(lm, requests, row_tokens):  # each one stored before it is given
                 self.answers += 1
                 yield answer
@@ -185,6 +196,22 @@ def test_another_model_in_the_same_folder_is_evaluated_afresh(base, lora, heldou
     evaluate(base, lora, [], limit=None, seed=0, heldout=heldout, work_dir=tmp_path, progress_label="lora")
     assert counting.requests == len(heldout)
     assert json.loads((tmp_path / "model.json").read_text())["adapter"] is not None
+
+
+@pytest.mark.model
+def test_bfloat16_scores_stay_near_float32_and_a_change_of_precision_evaluates_afresh(base, heldout, base_run,
+                                                                                     float32, tmp_path, monkeypatch):
+    run = dict(limit=None, seed=0, heldout=heldout, work_dir=tmp_path, progress_label="base")
+    exact = evaluate(base, None, [], **run)["heldout"].values
+    float32.setattr(device, "precision", lambda: "bfloat16")
+    try:
+        counting = Counting(monkeypatch)
+        rounded = evaluate(base, None, [], **run)["heldout"].values
+    finally:
+        float32.setattr(device, "precision", lambda: "float32")
+    assert counting.requests == len(heldout) and counting.dtypes == {torch.bfloat16}
+    assert json.loads((tmp_path / "model.json").read_text())["precision"] == "bfloat16"
+    assert rounded != exact and rounded == pytest.approx(exact, rel=0.02)
 
 
 @pytest.mark.model

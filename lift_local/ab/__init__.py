@@ -2,7 +2,8 @@
 whole input? Each arm fine-tunes the same base model by the same recipe, and every model answers the same
 benchmark items, offline.
 
-- `recipe`: the fine-tuning recipe, the same for every arm.
+- `recipe`: the fine-tuning recipe, the same for every arm; `device`: where and in what precision, the same
+  for training and evaluation.
 - `train`: one arm's LoRA adapter through PEFT and TRL's SFT trainer; skipped when unchanged, resumed when
   interrupted.
 - `benchmarks`, `evaluate`, `sandbox`: the bundled benchmarks, evaluated through lm-evaluation-harness, per item.

@@ -3,9 +3,10 @@ records, through lm-evaluation-harness, and gives a score per item so that arms 
 
 - lm-eval asks (task definitions in `benchmarks`); the chat template of the base model applies, as a
   fine-tuned chat model would be asked.
-- Log-likelihoods are computed by lm-eval's HFLM (float32 on a CPU) with its sequences packed so that
-  work they share is done once (`score_packed`): on the default CPU benchmarks 4x fewer tokens go through
-  the model, at 3.3x less CPU time, with every item's score the same (docs/bench_ab_eval.md).
+- Log-likelihoods are computed by lm-eval's HFLM, in the precision the arms are trained in (`device`), with
+  its sequences packed so that work they share is done once (`score_packed`): on the default CPU benchmarks
+  4x fewer tokens go through the model, at 3.3x less CPU time, with every item's score the same
+  (docs/bench_ab_eval.md).
   Generation is HFLM's on a CPU and vLLM's with the LoRA adapter on a GPU.
 - Every answer the model gives is kept in `work_dir` as it is computed (lm-eval's request cache, an SQLite
   file committed per request), so an interrupted evaluation redoes only what is missing, and a finished
@@ -34,6 +35,7 @@ from typing import Any
 from .. import console
 from ..exports import as_messages
 from ..records import Record, atomic_path
+from . import device
 from .benchmarks import BENCHMARKS, check_benchmarks, sample_ids, task_config
 
 HELDOUT = "heldout"
@@ -61,7 +63,7 @@ def evaluate(base: Path, adapter: Path | None, benchmarks: Sequence[str], *, lim
         return {}
     _claim(work_dir, base, adapter)
     ids = {name: sample_ids(name, limit, seed) for name in benchmarks}
-    gpu = _gpu()
+    gpu = device.gpu()
     on_vllm = [name for name in benchmarks if gpu and BENCHMARKS[name].generates]
     values: dict[str, list[float]] = {}
     with _lm_eval_logs():
@@ -124,12 +126,6 @@ def _heldout_config(records: Sequence[Record], lm) -> tuple[dict[str, Any], str]
     return config, "nll"
 
 
-def _gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _free_gpu() -> None:
     import gc
 
@@ -140,11 +136,10 @@ def _free_gpu() -> None:
 
 
 def _hf_model(base: Path, adapter: Path | None, label: str, gpu: bool):
-    """The model in process: float32 on a CPU (bfloat16 keeps about 3 significant digits of a logit), its
-    own dtype on a GPU; a LoRA adapter merged into its weights (the same function, at the base model's
-    speed)."""
+    """The model in process, in `device.precision`; a LoRA adapter merged into its weights (the same function,
+    at the base model's speed)."""
     lm = _packed_hflm()(pretrained=str(base), peft=str(adapter) if adapter else None,
-                        device="cuda" if gpu else "cpu", dtype="auto" if gpu else "float32",
+                        device="cuda" if gpu else "cpu", dtype=device.precision(),
                         batch_size=GENERATION_BATCH)
     if adapter is not None:
         lm._model = lm._model.merge_and_unload()
@@ -163,7 +158,7 @@ def _vllm_model(base: Path, adapter: Path | None, label: str):
 
     rank = json.loads((adapter / "adapter_config.json").read_text())["r"] if adapter else 16
     return ProgressVLLM(pretrained=str(base), lora_local_path=str(adapter) if adapter else None,
-                        max_lora_rank=rank, max_model_len=VLLM_MAX_LENGTH, dtype="auto")
+                        max_lora_rank=rank, max_model_len=VLLM_MAX_LENGTH, dtype=device.precision())
 
 
 @functools.cache
@@ -312,8 +307,9 @@ class _Ticking:
 
 def _claim(work_dir: Path, base: Path, adapter: Path | None) -> None:
     """`work_dir` keeps one model's answers: those of another model (a retrained adapter, other weights at
-    the same path) are removed, not reused."""
-    identity = {"base": _fingerprint(base, path=True), "adapter": _fingerprint(adapter, path=False)}
+    the same path, another precision) are removed, not reused."""
+    identity = {"base": _fingerprint(base, path=True), "adapter": _fingerprint(adapter, path=False),
+                "precision": device.precision()}
     marker = work_dir / _IDENTITY
     if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) != identity:
         (work_dir / _CACHE).unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from ..figures import duration
 from ..manifest import Manifest
 from ..records import Record, read_records
 from ..report import write_report
-from . import results, train
+from . import device, results, train
 from .benchmarks import check_benchmarks
 from .evaluate import ItemScores, evaluate
 from .recipe import Recipe
@@ -144,7 +144,7 @@ def run_ab(plan: Plan, out_dir: Path, echo: Callable[[str], None] = print) -> di
     for arm in plan.arms:
         note = f"; {arm.left_out} left out: no answer within max_length" if arm.left_out else ""
         echo(f"arm {arm.name}: {len(arm.records)} records from {arm.path}{note}")
-    echo(f"recipe: {recipe.describe()}; computed in {train.precision()}")
+    echo(f"recipe: {recipe.describe()}; computed in {device.precision()}")
     seconds: dict[str, dict[str, float]] = {"train": {}, "evaluate": {}}
     trained = {}
     for number, arm in enumerate(plan.arms, start=1):
@@ -170,7 +170,7 @@ def run_ab(plan: Plan, out_dir: Path, echo: Callable[[str], None] = print) -> di
     summary = {
         "base": {"name": plan.base_name, "path": str(plan.base)},
         "recipe": dataclasses.asdict(recipe),
-        "precision": train.precision(),
+        "precision": device.precision(),
         "evaluation": {"benchmarks": plan.benchmarks, "limit": plan.limit, "seed": recipe.seed,
                        "heldout": None if plan.heldout_path is None else
                        {"file": str(plan.heldout_path), "records": len(plan.heldout)}},

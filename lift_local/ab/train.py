@@ -24,18 +24,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import console
-from ..cpu_engine import computes_bfloat16, environment_kept
+from ..cpu_engine import environment_kept
 from ..errors import ModelError
 from ..exports import as_messages
 from ..pipeline import sha256_file
 from ..records import Record, atomic_path
+from . import device
 from .recipe import Recipe
 
 with environment_kept():  # trl sets VLLM_LOGGING_LEVEL=ERROR, which every vLLM engine started later would obey
@@ -96,7 +96,7 @@ def fingerprint(base: Path, records: Sequence[Record], recipe: Recipe) -> str:
         "records": [[r.instruction, r.input, r.output] for r in records],
         "base": sha256_file(base),
         "recipe": dataclasses.asdict(recipe),
-        "precision": precision(),
+        "precision": device.precision(),
         "libraries": {name: version(name) for name in _LIBRARIES},
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode("utf-8")).hexdigest()
@@ -163,12 +163,10 @@ def build_trainer(base: Path, records: Sequence[Record], recipe: Recipe, checkpo
 
 
 def load_base(base: Path) -> tuple[Any, Any]:
-    """The base model for training (its weights in bfloat16 where `precision` says so, else float32; autocast
-    computes in bfloat16 over float32 weights) and its tokenizer."""
+    """The base model for training, its weights in `device.precision`, and its tokenizer."""
     tokenizer = load_tokenizer(base)
     try:
-        dtype = torch.bfloat16 if precision() == "bfloat16" else torch.float32
-        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype), tokenizer
+        return AutoModelForCausalLM.from_pretrained(base, dtype=device.dtype()), tokenizer
     except (OSError, ValueError) as err:
         raise ModelError(f"base model {base}: cannot be loaded for training: {err}") from None
 
@@ -186,7 +184,7 @@ def load_tokenizer(base: Path) -> Any:
 
 def sft_config(recipe: Recipe, output_dir: Path) -> SFTConfig:
     """The trainer's arguments for `recipe`; checkpoints in `output_dir`."""
-    gpu = _gpu()
+    on_gpu = device.gpu()
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
@@ -202,17 +200,17 @@ def sft_config(recipe: Recipe, output_dir: Path) -> SFTConfig:
         # Batches of similar lengths: in random batches of 4 padding was 24-58% of the demo arms' tokens.
         train_sampling_strategy="group_by_length",
         completion_only_loss=True,
-        bf16=precision() != "float32",
-        use_cpu=not gpu,
+        bf16=device.precision() == "bfloat16",
+        use_cpu=not on_gpu,
         # Recomputing activations saves a GPU's memory for large models; a CPU has the memory, not the time.
-        gradient_checkpointing=gpu,
+        gradient_checkpointing=on_gpu,
         save_strategy="steps",
         save_steps=_CHECKPOINT_EVERY,
         save_total_limit=1,
         logging_steps=1,
         log_level="info",
         disable_tqdm=True,  # `Progress` shows the steps on the terminal
-        dataloader_pin_memory=gpu,
+        dataloader_pin_memory=on_gpu,
         report_to="none",
     )
 
@@ -243,18 +241,6 @@ class Progress(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.bar.close()
-
-
-def precision() -> str:
-    """How training computes: in bfloat16 on a GPU; on a CPU that computes in bfloat16, float32 weights under
-    bfloat16 autocast (1.2x as fast as float32 on the demo's curated arm here: docs/ab.md); else float32."""
-    if _gpu():
-        return "bfloat16"
-    return "bfloat16 autocast" if computes_bfloat16() else "float32"
-
-
-def _gpu() -> bool:
-    return torch.cuda.is_available()
 
 
 def _token_ids(tokenizer: Any, messages: list[dict[str, str]], **options: Any) -> list[int]:
