@@ -73,7 +73,8 @@ def _summary(manifest: Manifest, name: str, records: int) -> str:
 def _source(manifest: Manifest) -> str:
     source = manifest.input
     mapping = f"\n- fields mapped: {_inline(source['fields'])}" if source.get("fields") else ""
-    return (f"## Source\n\n- input: `{source['path']}`\n- sha256: `{source['sha256']}`\n"
+    # The file's name and hash: where it sat on the curating machine means nothing to a reader of the card.
+    return (f"## Source\n\n- input: `{Path(source['path']).name}`\n- sha256: `{source['sha256']}`\n"
             f"- records read: {source['records']}{mapping}\n- lift-local {manifest.lift_local_version}")
 
 

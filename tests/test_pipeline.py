@@ -293,7 +293,8 @@ def test_the_run_writes_a_dataset_card_the_hub_reads(tmp_path, sample, run):
     assert front["size_categories"] == ["n<1K"] and front["source_datasets"] == [sample.name]
     assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "curated.jsonl"}]}]
     assert DatasetCard.load(path).data.license == "cc-by-nc-4.0"  # the Hub's own parser reads it too
-    assert m["input"]["sha256"] in text and m["license"] == "cc-by-nc-4.0"
+    assert f"- input: `{sample.name}`\n- sha256: `{m['input']['sha256']}`" in text and m["license"] == "cc-by-nc-4.0"
+    assert str(tmp_path) not in text and str(sample.parent) not in text  # no path of the curating machine
     for phase, entry in m["phases"].items():
         assert f"| {phase} | done | {entry['records_in']} | {entry['records_out']} |" in text
     decontaminate = m["phases"]["decontaminate"]["stats"]
