@@ -51,10 +51,27 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_items():
     two_sided = 2 * sum(math.comb(20, k) for k in range(15, 21)) / 2**20
     assert difference.p_value == pytest.approx(two_sided, rel=1e-12)  # 0.041
     assert difference.difference == pytest.approx(0.10) and difference.test == "McNemar" and difference.n == 100
-    assert difference.ci_low < 0.10 < difference.ci_high
+    # The interval the test inverts: Clopper-Pearson of A's share of the 20 discordant items, scaled to 100.
+    share_low, share_high = scipy_stats.beta.ppf(0.025, 15, 6), scipy_stats.beta.ppf(0.975, 16, 5)
+    assert difference.ci_low == pytest.approx(0.2 * (2 * share_low - 1), rel=1e-9)
+    assert difference.ci_high == pytest.approx(0.2 * (2 * share_high - 1), rel=1e-9)
+    few = stats.paired_difference(np.r_[np.zeros(3), np.ones(197)], np.ones(200), kind="accuracy")
+    assert few.p_value == pytest.approx(0.25) and few.ci_low < 0 < few.ci_high  # a bootstrap said -4.0 to -0.5
     # The 80 concordant items say nothing about which arm is better: the same p without them.
     assert stats.paired_difference(a[:20], b[:20], kind="accuracy").p_value == pytest.approx(two_sided)
     assert stats.paired_difference(a, a, kind="accuracy").p_value == 1.0
+
+
+@pytest.mark.parametrize("a_only", range(0, 31))
+def test_the_accuracy_interval_excludes_zero_exactly_when_mcnemar_rejects(a_only):
+    """Of 30 discordant items among 200, A right on `a_only`: printed side by side, interval and test never
+    disagree (a bootstrap interval excluded zero at 0 against 3, where p = 0.25)."""
+    b_only = 30 - a_only
+    a = np.r_[np.ones(a_only), np.zeros(b_only), np.ones(70), np.zeros(100)]
+    b = np.r_[np.zeros(a_only), np.ones(b_only), np.ones(70), np.zeros(100)]
+    difference = stats.paired_difference(a, b, kind="accuracy")
+    assert difference.ci_low <= difference.difference <= difference.ci_high
+    assert (difference.p_value < 0.05) == (difference.ci_low > 0 or difference.ci_high < 0)
 
 
 def test_the_permutation_test_is_exact_on_few_items():
