@@ -25,6 +25,25 @@ REPO = Path(__file__).resolve().parents[1]
 LIFT_LOCAL = [sys.executable, "-m", "lift_local.cli"]
 
 
+def _engines_on_cpus_of_their_own() -> None:
+    """On pytest-xdist workers (pyproject.toml runs two), each worker's vLLM engines compute on CPUs of their
+    own: in process, in the commands and servers the tests start, on the Ray cluster (all of them inherit
+    this environment; a value set by the user wins). vLLM binds an engine's OpenMP threads to every CPU, so
+    two workers' engines shared both cores, and each thread waited at every barrier for one that shared its
+    core with the other engine. Measured on 2 cores with SmolLM2, two engines at once: each at 0.42 of the
+    speed of one alone when both were bound to both cores, at 0.63 on one core each."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ...
+    if worker is None or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cpus) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    first = int(worker.removeprefix("gw")) % (len(cpus) // share) * share
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(cpu) for cpu in cpus[first:first + share])
+
+
+_engines_on_cpus_of_their_own()
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """SmolLM2-135M-Instruct in an in-process vLLM engine, started once for the whole test session.
@@ -165,15 +184,23 @@ def served_smollm(tmp_path_factory):
 REAL = ("vllm", "model", "ray", "browser", "slow")
 
 
+# The suite runs on two pytest-xdist workers (pyproject.toml: `-n 2 --dist loadfile --no-loadscope-reorder`):
+# each file runs whole on one worker (its module fixtures start once), and the files are handed out in the
+# order below as workers free up. The longest first, so that the two workers end together: the Ray tests on
+# one worker; the modules on the session's vLLM server next, so that they land together on the other one
+# (one server) before any test there starts the in-process engine (starting a server shuts that engine down,
+# see `vllm_server`, so it would start twice); then the other tests that run engines of their own.
+FIRST = ("test_ray.py", "test_server_failure_vllm.py", "test_llm_backends.py", "test_lifeline_vllm.py",
+         "test_interrupt_vllm.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(item.get_closest_marker(marker) for marker in REAL):
             item.add_marker(pytest.mark.fast)
-    # Modules with a test on the session's vLLM server run last (stable sort: in their order): starting a
-    # server shuts the in-process engine down (see `vllm_server`), so the tests using that engine, all
-    # before them, start it once.
-    served = {item.module for item in items if "served_smollm" in item.fixturenames}
-    items.sort(key=lambda item: getattr(item, "module", None) in served)
+    # Stable sort: every other file keeps its place, after these.
+    rank = {name: place for place, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))
 
 
 @pytest.fixture(autouse=True)
