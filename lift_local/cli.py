@@ -733,6 +733,3 @@ def compare_judges(a, b, records, field, scale_a, scale_b, top, bins, figure_pat
             comparing.figure(table_a, table_b, comparison).savefig(tmp, format="png", dpi=120)
         click.echo(f"\nfigure: {figure_path}")
 
-
-if __name__ == "__main__":  # `python -m lift_local.cli`: how the tests run this checkout
-    main(prog_name="lift-local")

@@ -1,9 +1,16 @@
 """vLLM's engine set-up on a CPU: the environment its processes start with, and engine settings.
 
-vLLM on CPU runs the model in a worker process that the engine-core process spawns, and both are started
-with `multiprocessing` spawn (a fresh interpreter that inherits this process's environment) while
-`vllm.LLM(...)` is constructed. So variables put into `os.environ` just before that reach the worker,
-including LD_PRELOAD (read by the dynamic loader of the new process); nothing needs to re-execute.
+vLLM on CPU runs the model either in this process or, by default, in a worker process that an engine-core
+process spawns, both started with `multiprocessing` spawn (a fresh interpreter that inherits this process's
+environment) while `vllm.LLM(...)` is constructed. tcmalloc and Intel OpenMP (`preload_libraries`) can only
+be loaded as a process starts, so:
+
+- `lift-local` starts once more in place of itself with them loaded (`relaunch_preloaded`, as torch's own
+  CPU launcher `torch.backends.xeon.run_cpu` does), and its engines then run in its process: SmolLM2-135M
+  started and answered in 13 s instead of 30 s (two interpreters that import vLLM and torch are not
+  spawned), and generated as fast once running (docs/bench_cpu.md); training `lift-local ab` runs 1.22x
+  as fast with them.
+- Any other process (a Ray replica, a test's interpreter) gives the engine's processes LD_PRELOAD instead.
 
 Measured by scripts/bench_cpu.py (docs/bench_cpu.md) on 2 AVX2 cores shared with other work, SmolLM2-135M,
 enhance and judge prompts, output tokens/s (medians of 2 runs): today's set-up 8; all of this 46 (6.0x);
@@ -16,11 +23,12 @@ import contextlib
 import ctypes.util
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 FEW_CPUS = 4  # up to this many usable CPUs, one kept back is a quarter or more of the compute
+_RELAUNCHED = "LIFT_LOCAL_LD_PRELOAD"  # in a relaunched process: LD_PRELOAD as it was before the relaunch
 
 
 def engine_settings() -> dict[str, Any]:
@@ -76,10 +84,50 @@ def engine_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str
         # vLLM keeps one core back for the engine-core process and binds the worker's OpenMP threads to
         # the rest; on 2 cores that halves the compute while that process uses about a fifth of a core.
         wanted["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
-    libraries = preload_libraries()
-    if libraries:
-        wanted["LD_PRELOAD"] = " ".join(libraries)
-    return {key: value for key, value in wanted.items() if key not in environ}
+    if preloaded() and "VLLM_ENABLE_V1_MULTIPROCESSING" not in environ:
+        wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process, which has the libraries
+    else:  # in processes of its own, which load them as they start
+        wanted["LD_PRELOAD"] = " ".join(preload_libraries())
+    return {key: value for key, value in wanted.items() if key not in environ and value}
+
+
+def preloaded() -> bool:
+    """Whether this process has every one of `preload_libraries()` loaded (true when there are none)."""
+    maps = Path("/proc/self/maps").read_text()
+    return all(Path(library).name in maps for library in preload_libraries())
+
+
+def relaunch_preloaded(argv: Sequence[str]) -> None:
+    """Replaces this process (exec: same pid, same terminal) by `python argv` with `preload_libraries()` in
+    LD_PRELOAD, unless they are loaded already; call it before anything else runs.
+
+    In the relaunched process LD_PRELOAD is put back as it was, so that the programs lift-local starts (a
+    benchmark's generated code, `vllm serve`) do not inherit the libraries; a loader that could not preload
+    them does not make it relaunch again.
+    """
+    if relaunched() or preloaded():
+        return
+    os.execve(sys.executable, [sys.executable, *argv], preloaded_environment())
+
+
+def preloaded_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`environ` for a process to start with `preload_libraries()` loaded; `relaunched()` in that process puts
+    LD_PRELOAD back as it was."""
+    before = environ.get("LD_PRELOAD", "")
+    return {**environ, "LD_PRELOAD": " ".join([*preload_libraries(), before]).strip(), _RELAUNCHED: before}
+
+
+def relaunched() -> bool:
+    """Whether this process was started by `relaunch_preloaded` (or as scripts/test.sh starts pytest); if so,
+    LD_PRELOAD is put back as it was before, for what this process starts."""
+    if _RELAUNCHED not in os.environ:
+        return False
+    before = os.environ.pop(_RELAUNCHED)
+    if before:
+        os.environ["LD_PRELOAD"] = before
+    else:
+        os.environ.pop("LD_PRELOAD", None)
+    return True
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ import numpy as np
 import ray
 import ray.data
 
+from . import cpu_engine
 from .config import ClusterConfig
 from .errors import ClusterError
 from .llm.inprocess import close_engines
@@ -218,7 +219,11 @@ class RayExecutor:
         # restarts ("constructor arguments in the object store"); a failure that matters raises anyway.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own; lift-local's unwinds the same way
-        settings = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"env_vars": _OFFLINE})
+        # Replicas start with tcmalloc and Intel OpenMP loaded, as `lift-local` does, so that on a CPU their
+        # engines run in their own process (cpu_engine); a node that has them elsewhere warns that it cannot.
+        preload = {"LD_PRELOAD": " ".join(cpu_engine.preload_libraries())} if cpu_engine.preload_libraries() else {}
+        settings = dict(log_to_driver=False, logging_level=logging.WARNING,
+                        runtime_env={"env_vars": {**_OFFLINE, **preload}})
         try:
             ray.init(address=self.config.ray, **settings, **options)
             joined = "joined the new cluster on this machine" if self.config.ray == "local" else \

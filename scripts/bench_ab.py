@@ -10,7 +10,7 @@
                            expand`) on a pool of Code Alpaca, their curated set against a random set of the same
                            size from the same pool, on held-out records and the default benchmarks.
 
-Every command runs lift-local as a user does (`python -m lift_local.cli`, a child process), so its times are a
+Every command runs lift-local as a user does (`python -m lift_local`, a child process), so its times are a
 user's. Files go under --out (default out/bench_ab); started again, each step resumes where it stopped.
 
     .venv/bin/python scripts/bench_ab.py demo out/demo
@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # the shared data beside the checkout
-LIFT_LOCAL = [sys.executable, "-m", "lift_local.cli"]
+LIFT_LOCAL = [sys.executable, "-m", "lift_local"]
 
 
 def lift_local(*args: object) -> float:

@@ -10,7 +10,10 @@ run in alternating order, --repeat times each; the table shows medians and the r
 - old: the environment before lift-local set one (vLLM's variables, LD_PRELOAD, OMP_* and KMP_* removed)
   and `llm.inprocess.engine_settings` with the model's own dtype (bfloat16);
 - new: `cpu_engine.engine_environment_applied()` around `vllm.LLM(...)`, and `engine_settings` (which
-  includes `cpu_engine.engine_settings()`), as lift-local runs it;
+  includes `cpu_engine.engine_settings()`), as lift-local runs it: in a process started with tcmalloc and
+  Intel OpenMP loaded (as `lift-local` relaunches itself), so the engine runs in that process;
+- new in engine processes: the same in a process started without them (as a Ray replica is), so the engine
+  runs in processes of its own, which load them as they start;
 - the others: one change each against `old` or `new`, as their names say (see CONFIGS).
 
     .venv/bin/python scripts/bench_cpu.py [--configs old,new] [--repeat 3] [--out docs/bench_cpu.md]
@@ -63,6 +66,7 @@ def configs() -> dict[str, tuple[dict[str, str] | None, dict]]:
     return {
         "old": ({}, {"dtype": "auto"}),  # the model's own dtype (bfloat16): undoes cpu_engine's float32
         "new": (None, {}),
+        "new in engine processes": (None, {}),
         "new in bfloat16": (None, {"dtype": "bfloat16"}),
         "new without preload": (reserve0, {}),
         "new without reserved 0": (_libs("tcmalloc", "iomp"), {}),
@@ -85,11 +89,11 @@ def _allowed(status: str) -> str:
 
 
 def _descendants() -> list[dict]:
-    """The engine's processes: title, CPU affinity and which preload libraries are mapped."""
+    """This process and the engine's: title, CPU affinity and which preload libraries are mapped."""
     import psutil
 
     out = []
-    for proc in psutil.Process().children(recursive=True):
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         try:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             maps = Path(f"/proc/{proc.pid}/maps").read_text()
@@ -204,8 +208,12 @@ class Runs:
 
 
 def run_child(name: str, args) -> dict:
+    from lift_local.cpu_engine import preload_libraries
+
     env = clean_environment()
     env.setdefault("HF_HUB_OFFLINE", "1")
+    if configs()[name][0] is None and name != "new in engine processes":
+        env["LD_PRELOAD"] = " ".join(preload_libraries())  # as `lift-local` relaunches itself
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--child", name, "--result", str(result), "--enhance",
@@ -225,7 +233,7 @@ def versions() -> str:
 
 
 def worker(result: dict) -> dict:
-    """The engine's worker process: the one that used the most CPU while timed."""
+    """The engine's worker process (this one, when the engine runs in it): the one that used the most CPU while timed."""
     return max(result["processes"], key=lambda p: p["cpu_share"])
 
 

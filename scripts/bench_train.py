@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    from lift_local.cpu_engine import preload_libraries, relaunch_preloaded
+
+    relaunch_preloaded([__file__, *sys.argv[1:]])  # with the libraries `lift-local ab` runs with
 
     import torch
 
@@ -105,7 +109,8 @@ def main() -> None:
         rows.append(f"| {pair + 1} ({order[0]} first) | {ours} | {ours / ours_wall:.1f} | {theirs / theirs_wall:.1f} | "
                     f"{ratios['wall'][-1]:.3f} | {ours / ours_cpu:.1f} | {theirs / theirs_cpu:.1f} | {ratios['cpu'][-1]:.3f} |")
     print(f"Training throughput, lift-local against bare TRL: {args.records} Code Alpaca records, recipe "
-          f"{recipe.describe()}; computed in {precision()}; torch threads {torch.get_num_threads()}.\n")
+          f"{recipe.describe()}; computed in {precision()}; torch threads {torch.get_num_threads()}; tcmalloc and "
+          f"Intel OpenMP {'loaded' if preload_libraries() else 'not installed'}.\n")
     print("| pair | tokens | lift-local tok/s (wall) | bare TRL tok/s (wall) | ratio | lift-local tok/s (CPU) | "
           "bare TRL tok/s (CPU) | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -22,7 +22,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the pro
 SMOLLM = "smollm2-135m-instruct"  # the packaged registry's CPU model
 REPO = Path(__file__).resolve().parents[1]
 # This checkout's command line, as a user runs it (the `lift-local` script may import another checkout).
-LIFT_LOCAL = [sys.executable, "-m", "lift_local.cli"]
+LIFT_LOCAL = [sys.executable, "-m", "lift_local"]
 
 
 def _engines_on_cpus_of_their_own() -> None:
@@ -42,6 +42,23 @@ def _engines_on_cpus_of_their_own() -> None:
 
 
 _engines_on_cpus_of_their_own()
+
+
+def pytest_configure(config):
+    """scripts/test.sh starts pytest with tcmalloc and Intel OpenMP loaded, as `lift-local` starts; the
+    processes that run tests put LD_PRELOAD back as it was, so that the programs they start (lift-local
+    commands, which load the libraries themselves, servers, a browser) start as they would for a user. The
+    pytest-xdist controller keeps it for the workers it starts."""
+    from lift_local.cpu_engine import relaunched
+
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        relaunched()
+
+
+def engine_processes() -> dict[str, str]:
+    """For the tests of what becomes of a vLLM engine's processes, the environment of a `lift-local` that runs
+    its engines in processes of their own, as on a GPU (on a CPU it runs them in its own process)."""
+    return {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 
 
 @pytest.fixture(scope="session")

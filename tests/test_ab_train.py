@@ -19,7 +19,7 @@ from lift_local.records import read_records
 
 pytestmark = pytest.mark.model
 
-# 2 records, 2 a batch, 3 epochs: 3 optimizer steps, a checkpoint after each.
+# 2 records, 2 a batch, 3 epochs: 3 optimizer steps.
 RECIPE = Recipe(epochs=3, batch_size=2, gradient_accumulation=1, learning_rate=2e-3, max_length=160, warmup=0.0,
                 scheduler="constant")
 
@@ -123,7 +123,8 @@ class FirstStep(TrainerCallback):
         self.began_at = state.global_step
 
 
-def test_an_interrupted_arm_resumes_from_its_last_checkpoint(base, records, trained, tmp_path):
+def test_an_interrupted_arm_resumes_from_its_last_checkpoint(base, records, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every step
     with pytest.raises(KeyboardInterrupt):
         train(base, records, RECIPE, tmp_path, callbacks=[StopAfterSaving(2)])
     assert not (tmp_path / TRAINING).exists() and not (tmp_path / ADAPTER).exists()

@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import LIFT_LOCAL, REPO, stored_replies
+from conftest import LIFT_LOCAL, REPO, engine_processes, stored_replies
 
 from lift_local.cli import main
 
@@ -24,7 +24,7 @@ def test_sigterm_keeps_finished_replies_and_leaves_no_engine_behind(tmp_path, re
     args = ["enhance", str(sample), str(tmp_path / "out.jsonl"), "--cache-dir", str(cache),
             "--max-tokens", str(MAX_TOKENS)]
     process = subprocess.Popen([*LIFT_LOCAL, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, env=engine_processes())
     deadline = time.monotonic() + 600  # a slow start on a busy machine
     while stored_replies(cache) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)

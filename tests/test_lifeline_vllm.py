@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from conftest import LIFT_LOCAL, REPO, SMOLLM, stored_replies
+from conftest import LIFT_LOCAL, REPO, SMOLLM, engine_processes, stored_replies
 
 from lift_local import runlock
 
@@ -26,7 +26,8 @@ def test_kill_9_ends_the_engine_and_the_run_resumes_quietly(tmp_path, real_sampl
         "--set", "variety.keep=0.5", "--set", "quality.top=2", "--set", "quality.retries=0",
         "--set", "dedup.semantic=0",  # the embedder in dedup is not what this test is about
     ]  # fmt: skip
-    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=engine_processes())
     deadline = time.monotonic() + 600
     while stored_replies(out / "cache") < 1 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -51,4 +52,8 @@ def test_kill_9_ends_the_engine_and_the_run_resumes_quietly(tmp_path, real_sampl
     assert f"Log:          {out / 'lift-local.log'}" in resumed.stdout
     log = (out / "lift-local.log").read_text()
     assert log.count(f"lift-local run {command[4]} --out {out}") == 2  # a heading for each run
-    assert re.search(r"\(EngineCore pid=\d+\) INFO ", log)
+    killed, resumed_log = log.split(f"lift-local run {command[4]} --out {out}")[1:]
+    assert re.search(r"\(EngineCore pid=\d+\) INFO .*init engine", killed)  # as asked: processes of its own
+    # By default, on a CPU, the engine runs in lift-local's own process.
+    assert re.search(r"\(MainProcess pid=\d+\) INFO .*init engine", resumed_log)
+    assert "EngineCore" not in resumed_log

@@ -324,3 +324,48 @@ def test_importing_the_trainer_leaves_no_vllm_setting_behind():
     env = {key: value for key, value in os.environ.items() if not key.startswith("VLLM_")}
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert found.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preloaded, user, expected", [
+    (True, {}, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),  # lift-local relaunched with the libraries: in process
+    (False, {}, {"LD_PRELOAD": "libtcmalloc.so libiomp5.so"}),  # any other process: the engine's get them
+    (True, {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, {"LD_PRELOAD": "libtcmalloc.so libiomp5.so"}),  # the user's say
+])
+def test_on_a_cpu_the_engine_runs_in_a_process_that_has_the_libraries(monkeypatch, preloaded, user, expected):
+    from lift_local import cpu_engine
+
+    monkeypatch.setattr(cpu_engine, "preloaded", lambda: preloaded)
+    monkeypatch.setattr(cpu_engine, "preload_libraries", lambda: ["libtcmalloc.so", "libiomp5.so"])
+    added = cpu_engine.engine_environment({"PYTHONUNBUFFERED": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **user})
+    assert added == expected
+
+
+RELAUNCHED = """
+import json, os, sys
+from lift_local import cpu_engine
+cpu_engine.relaunch_preloaded([__file__])
+print(json.dumps({"pid": os.getpid(), "preloaded": cpu_engine.preloaded(), "LD_PRELOAD": os.environ.get("LD_PRELOAD"),
+                  "marked": "LIFT_LOCAL_LD_PRELOAD" in os.environ}))
+"""
+
+
+@pytest.mark.parametrize("before", [None, "libm.so.6"])
+def test_relaunched_with_the_libraries_loaded_and_the_environment_as_it_was(tmp_path, before):
+    """`lift-local` starts again in place of itself (same pid) with tcmalloc and Intel OpenMP loaded, and what
+    it starts later does not inherit them (LD_PRELOAD as the user had it)."""
+    import os
+    import subprocess
+    import sys
+
+    from lift_local import cpu_engine
+
+    if not cpu_engine.preload_libraries():
+        pytest.skip("neither tcmalloc nor Intel OpenMP is installed here")
+    script = tmp_path / "relaunched.py"
+    script.write_text(RELAUNCHED)
+    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"} | (
+        {"LD_PRELOAD": before} if before else {})
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    seen = json.loads(process.communicate(timeout=60)[0])
+    assert seen == {"pid": process.pid, "preloaded": True, "LD_PRELOAD": before, "marked": False}
