@@ -92,9 +92,14 @@ def engine_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str
 
 
 def preloaded() -> bool:
-    """Whether this process has every one of `preload_libraries()` loaded (true when there are none)."""
-    maps = Path("/proc/self/maps").read_text()
-    return all(Path(library).name in maps for library in preload_libraries())
+    """Whether this process has every one of `preload_libraries()` loaded (true when there are none, and where
+    there is no /proc to tell: nothing is relaunched there)."""
+    libraries = preload_libraries()
+    try:
+        maps = Path("/proc/self/maps").read_text() if libraries else ""
+    except OSError:
+        return True
+    return all(Path(library).name in maps for library in libraries)
 
 
 def relaunch_preloaded(argv: Sequence[str]) -> None:
