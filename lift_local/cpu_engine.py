@@ -6,10 +6,10 @@ environment) while `vllm.LLM(...)` is constructed. tcmalloc and Intel OpenMP (`p
 be loaded as a process starts, so:
 
 - `lift-local` starts once more in place of itself with them loaded (`relaunch_preloaded`, as torch's own
-  CPU launcher `torch.backends.xeon.run_cpu` does), and its engines then run in its process: SmolLM2-135M
-  started and answered in 13 s instead of 30 s (two interpreters that import vLLM and torch are not
-  spawned), and generated as fast once running (docs/bench_cpu.md); training `lift-local ab` runs 1.22x
-  as fast with them.
+  CPU launcher `torch.backends.xeon.run_cpu` does), and its engines then run in its process: SmolLM2-135M's
+  engine started in 5 s instead of 23 s (two interpreters that import vLLM and torch are not spawned) and
+  generated at 0.96x, inside the runs' spread (docs/bench_cpu_in_process.md); `lift-local ab` trains 1.22x
+  as fast with them (docs/ab.md).
 - Any other process (a Ray replica, a test's interpreter) gives the engine's processes LD_PRELOAD instead.
 
 Measured by scripts/bench_cpu.py (docs/bench_cpu.md) on 2 AVX2 cores shared with other work, SmolLM2-135M,
@@ -107,7 +107,7 @@ def relaunch_preloaded(argv: Sequence[str]) -> None:
     LD_PRELOAD, unless they are loaded already; call it before anything else runs.
 
     In the relaunched process LD_PRELOAD is put back as it was, so that the programs lift-local starts (a
-    benchmark's generated code, `vllm serve`) do not inherit the libraries; a loader that could not preload
+    benchmark's generated code, a Ray cluster) do not inherit the libraries; a loader that could not preload
     them does not make it relaunch again.
     """
     if relaunched() or preloaded():
